@@ -1,0 +1,69 @@
+"""Span attribute names used by moesif_otel: the contract between capture and export.
+
+OpenTelemetry semantic-convention names where one exists, ``moesif.*`` where none does.
+Every module reads and writes attributes through these constants, never through literals.
+"""
+
+from __future__ import annotations
+
+# --- semantic conventions (HTTP, user) ---------------------------------------------------------
+HTTP_REQUEST_METHOD = "http.request.method"
+HTTP_RESPONSE_STATUS_CODE = "http.response.status_code"
+URL_FULL = "url.full"
+CLIENT_ADDRESS = "client.address"
+HTTP_ROUTE = "http.route"
+USER_ID = "user.id"
+SESSION_ID = "session.id"
+
+HTTP_REQUEST_BODY_CONTENT = "http.request.body.content"
+HTTP_RESPONSE_BODY_CONTENT = "http.response.body.content"
+HTTP_REQUEST_BODY_SIZE = "http.request.body.size"
+HTTP_RESPONSE_BODY_SIZE = "http.response.body.size"
+
+# Header maps. OTel's instrumentations write one attribute per header
+# (``http.request.header.<name>``, a tuple of values, ``-`` normalised to ``_``) and only for the
+# headers a user opted into. Moesif wants every header; one attribute per header would run into the
+# SDK's attribute-count limit (128 by default, oldest evicted first) on a request with many headers
+# and evict the attributes the event is built from. So capture records each complete header map as
+# one JSON attribute (``moesif.request.headers``); the converter also reads the per-header form.
+HTTP_REQUEST_HEADER_PREFIX = "http.request.header."
+HTTP_RESPONSE_HEADER_PREFIX = "http.response.header."
+
+# Old (pre-stable) semconv names that OTel instrumentations still emit by default.
+OLD_HTTP_METHOD = "http.method"
+OLD_HTTP_STATUS_CODE = "http.status_code"
+OLD_HTTP_URL = "http.url"
+OLD_HTTP_SCHEME = "http.scheme"
+OLD_HTTP_HOST = "http.host"
+OLD_HTTP_SERVER_NAME = "http.server_name"
+OLD_HTTP_TARGET = "http.target"
+OLD_NET_PEER_IP = "net.peer.ip"
+URL_SCHEME = "url.scheme"
+URL_PATH = "url.path"
+URL_QUERY = "url.query"
+SERVER_ADDRESS = "server.address"
+SERVER_PORT = "server.port"
+
+# --- moesif.* (no convention exists) -------------------------------------------------------------
+MOESIF_CAPTURED = "moesif.captured"  # bool: this span was prepared by moesif_otel capture
+MOESIF_DIRECTION = "moesif.direction"  # "Incoming" | "Outgoing"
+MOESIF_REQUEST_TIME = "moesif.request.time"  # int, ns since epoch
+MOESIF_RESPONSE_TIME = "moesif.response.time"  # int, ns since epoch (response complete)
+MOESIF_REQUEST_URI = "moesif.request.uri"
+MOESIF_REQUEST_HEADERS = "moesif.request.headers"  # str: JSON object, lower-case names, ", " joined
+MOESIF_RESPONSE_HEADERS = "moesif.response.headers"  # str: JSON object
+MOESIF_REQUEST_IP = "moesif.request.ip_address"
+MOESIF_API_VERSION = "moesif.api_version"
+MOESIF_REQUEST_BODY_TRUNCATED = "moesif.request.body.truncated"  # bool
+MOESIF_RESPONSE_BODY_TRUNCATED = "moesif.response.body.truncated"  # bool
+MOESIF_REQUEST_BODY_OMITTED = "moesif.request.body.omitted"  # str: why no body (e.g. "multipart")
+MOESIF_RESPONSE_BODY_OMITTED = "moesif.response.body.omitted"
+MOESIF_COMPANY_ID = "moesif.company_id"
+MOESIF_SESSION_TOKEN = "moesif.session_token"
+MOESIF_METADATA = "moesif.metadata"  # str: JSON object
+MOESIF_TRANSACTION_ID = "moesif.transaction_id"
+MOESIF_SKIP = "moesif.skip"  # bool: SKIP hook said so; the event is not sent
+MOESIF_BLOCKED_BY = "moesif.blocked_by"
+MOESIF_WEIGHT = "moesif.weight"  # int, set when sampled
+MOESIF_ABORTED = "moesif.aborted"  # bool: client disconnected before the response completed
+MOESIF_ERROR = "moesif.error"  # str: exception type when the app raised
