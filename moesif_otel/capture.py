@@ -1,0 +1,362 @@
+"""ASGI capture: tees one HTTP exchange into attributes of its server span.
+
+The layer sits *inside* whatever opens the server span (OTel's ASGI middleware in the drop-in,
+FastAPIInstrumentor under auto-instrumentation), so the span is the current one and still live
+when the app raises. It keeps the request path minimal: body chunks are appended up to a cap,
+headers are kept as the raw pairs, nothing is parsed or serialised here — the exporter does that
+on its own thread.
+
+Hooks need the finished response, yet must not hold it back. When the last body message arrives,
+its bytes are forwarded first (a Content-Length response is then complete for the client), the
+hooks run, the attributes are set, and only then the empty closing message goes out — which is
+what ends the span.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import trace
+
+from moesif_otel import attributes as A
+from moesif_otel.hooks import Hook
+
+logger = logging.getLogger("moesif_otel")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+SCOPE_KEY = "moesif_otel.exchange"
+TRANSACTION_HEADER = b"x-moesif-transaction-id"
+_MAX_TRANSACTION_ID = 128
+# How long, at most, capture waits for request body the app never read.
+_DRAIN_TIMEOUT = 1.0
+
+
+@dataclass(frozen=True)
+class CaptureOptions:
+    log_body: bool = True
+    max_body_size: int = 131_072
+    transaction_id: bool = True
+    identify_user: Hook | None = None
+    identify_company: Hook | None = None
+    get_session_token: Hook | None = None
+    get_metadata: Hook | None = None
+    skip: Hook | None = None
+
+    @property
+    def has_hooks(self) -> bool:
+        return any(
+            (self.identify_user, self.identify_company, self.get_session_token, self.get_metadata, self.skip)
+        )
+
+
+class HttpCapture:
+    """ASGI middleware: one :class:`Exchange` per HTTP request whose server span is recording."""
+
+    def __init__(self, app: ASGIApp, options: CaptureOptions) -> None:
+        self.app = app
+        self.options = options
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or SCOPE_KEY in scope:
+            await self.app(scope, receive, send)
+            return
+        span = trace.get_current_span()
+        if not span.is_recording():
+            await self.app(scope, receive, send)
+            return
+        exchange = Exchange(self.options, scope, span, receive, send)
+        scope[SCOPE_KEY] = exchange
+        try:
+            await self.app(scope, exchange.receive, exchange.send)
+        except Exception as exc:
+            if not exchange.finished:
+                await exchange.finish(error=exc)
+            raise
+        except BaseException as exc:  # cancelled: no more awaiting, record what we have
+            if not exchange.finished:
+                exchange.record(error=exc)
+            raise
+        else:
+            if not exchange.finished:
+                # The app returned without completing the response (client went away, or a bug).
+                await exchange.finish()
+
+
+class Exchange:
+    """What capture knows of one request/response; lives in ``scope[SCOPE_KEY]``."""
+
+    __slots__ = (
+        "_receive",
+        "_send",
+        "aborted",
+        "disconnected",
+        "finished",
+        "options",
+        "request_body",
+        "request_complete",
+        "request_size",
+        "request_start_ns",
+        "response_body",
+        "response_end_ns",
+        "response_headers",
+        "response_size",
+        "scope",
+        "span",
+        "status",
+        "transaction_id",
+    )
+
+    def __init__(self, options: CaptureOptions, scope: Scope, span: Any, receive: Receive, send: Send) -> None:
+        self.request_start_ns = time.time_ns()
+        self.options = options
+        self.scope = scope
+        self.span = span
+        self._receive = receive
+        self._send = send
+        self.request_body = bytearray()
+        self.request_size = 0
+        self.request_complete = False
+        self.disconnected = False
+        self.response_body = bytearray()
+        self.response_size = 0
+        self.response_headers: list[tuple[bytes, bytes]] | None = None
+        self.response_end_ns = 0
+        self.status = 0
+        self.finished = False
+        self.aborted = False
+        self.transaction_id = _transaction_id(scope) if options.transaction_id else None
+
+    # -- the request path --------------------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        self._observe_request(message)
+        return message
+
+    def _observe_request(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.request":
+            chunk = message.get("body", b"")
+            if chunk:
+                self.request_size += len(chunk)
+                room = self.options.max_body_size - len(self.request_body)
+                if self.options.log_body and room > 0:
+                    self.request_body += chunk[:room]
+            if not message.get("more_body", False):
+                self.request_complete = True
+        elif kind == "http.disconnect":
+            self.disconnected = True
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            headers = list(message.get("headers", ()))
+            if self.transaction_id is not None:
+                headers = [h for h in headers if h[0].lower() != TRANSACTION_HEADER]
+                headers.append((TRANSACTION_HEADER, self.transaction_id.encode("latin-1")))
+                message = {**message, "headers": headers}
+            self.status = message["status"]
+            self.response_headers = headers
+            await self._send(message)
+            return
+        if kind != "http.response.body" or self.finished:
+            await self._send(message)
+            return
+        chunk = message.get("body", b"")
+        if chunk:
+            self.response_size += len(chunk)
+            room = self.options.max_body_size - len(self.response_body)
+            if self.options.log_body and room > 0:
+                self.response_body += chunk[:room]
+        if message.get("more_body", False):
+            await self._send(message)
+            return
+        # The response is complete: its bytes first, then hooks and attributes, then the close.
+        if chunk:
+            await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+        self.response_end_ns = time.time_ns()
+        await self.finish()
+        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    # -- completion -------------------------------------------------------------------------------
+
+    async def finish(self, error: BaseException | None = None) -> None:
+        """Run the hooks and write the attributes; the span is still live."""
+        self.finished = True
+        if not self.response_end_ns:
+            self.response_end_ns = time.time_ns()
+        if error is None and self.options.log_body and not self.request_complete and not self.disconnected:
+            await self._drain_request()
+        results: dict[str, Any] = {}
+        if self.options.has_hooks:
+            try:
+                results = await self._run_hooks(error)
+            except Exception:  # our own bug must not become the app's
+                logger.exception("moesif_otel: running hooks failed")
+        self.record(error=error, hook_results=results)
+
+    async def _drain_request(self) -> None:
+        """Read request body the app left unread, up to the cap, so the event still has it."""
+        deadline = time.monotonic() + _DRAIN_TIMEOUT
+        while (
+            not self.request_complete
+            and not self.disconnected
+            and len(self.request_body) < self.options.max_body_size
+        ):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                message = await asyncio.wait_for(self._receive(), remaining)
+            except (asyncio.TimeoutError, Exception):
+                return
+            self._observe_request(message)
+
+    async def _run_hooks(self, error: BaseException | None) -> dict[str, Any]:
+        from moesif_otel.hook_args import hook_arguments  # starlette import kept off module load
+
+        request, response = hook_arguments(self, error)
+        options = self.options
+        if options.skip is not None and await options.skip.acall(request, response):
+            return {A.MOESIF_SKIP: True}
+        results: dict[str, Any] = {}
+        for hook, attribute in (
+            (options.identify_user, A.USER_ID),
+            (options.identify_company, A.MOESIF_COMPANY_ID),
+            (options.get_session_token, A.MOESIF_SESSION_TOKEN),
+        ):
+            if hook is not None:
+                value = await hook.acall(request, response)
+                if value is not None:
+                    results[attribute] = value
+        if options.get_metadata is not None:
+            metadata = await options.get_metadata.acall(request, response)
+            if metadata is not None:
+                try:
+                    results[A.MOESIF_METADATA] = json.dumps(metadata)
+                except (TypeError, ValueError) as exc:
+                    options.get_metadata._warn_once(
+                        "json",
+                        "moesif_otel: GET_METADATA returned data that is not JSON (%s); left out (logged once)",
+                        exc,
+                    )
+        return results
+
+    def record(self, error: BaseException | None = None, hook_results: dict[str, Any] | None = None) -> None:
+        """Write everything known about the exchange onto the span."""
+        self.finished = True
+        scope = self.scope
+        status = self.status
+        if error is not None:
+            self.aborted = self.response_headers is not None
+            if not status:
+                status = 500  # what the server answers for an unhandled exception
+        elif self.response_headers is None or not self.response_end_ns or self.disconnected:
+            self.aborted = self.response_headers is None or self.disconnected
+        attrs: dict[str, Any] = {
+            A.MOESIF_CAPTURED: True,
+            A.MOESIF_DIRECTION: "Incoming",
+            A.MOESIF_REQUEST_TIME: self.request_start_ns,
+            A.MOESIF_RESPONSE_TIME: self.response_end_ns or time.time_ns(),
+            A.HTTP_REQUEST_METHOD: scope.get("method", "GET"),
+            A.MOESIF_REQUEST_URI: request_uri(scope),
+            A.MOESIF_REQUEST_HEADERS: flat_headers(scope.get("headers", ()), self.transaction_id),
+            A.MOESIF_RESPONSE_HEADERS: flat_headers(self.response_headers or (), None),
+            A.HTTP_REQUEST_BODY_SIZE: self.request_size,
+            A.HTTP_RESPONSE_BODY_SIZE: self.response_size,
+        }
+        if status:
+            attrs[A.HTTP_RESPONSE_STATUS_CODE] = status
+        client = scope.get("client")
+        if client:
+            attrs[A.CLIENT_ADDRESS] = str(client[0])
+        if self.transaction_id is not None:
+            attrs[A.MOESIF_TRANSACTION_ID] = self.transaction_id
+        if self.request_body:
+            attrs[A.HTTP_REQUEST_BODY_CONTENT] = bytes(self.request_body)
+        if self.response_body:
+            attrs[A.HTTP_RESPONSE_BODY_CONTENT] = bytes(self.response_body)
+        if not self.request_complete and not self.disconnected and self.options.log_body and error is None:
+            # the app did not read it all and the drain gave up: what we have is partial
+            attrs[A.MOESIF_REQUEST_BODY_TRUNCATED] = True
+        if self.aborted:
+            attrs[A.MOESIF_ABORTED] = True
+        if error is not None:
+            attrs[A.MOESIF_ERROR] = type(error).__qualname__
+        if hook_results:
+            attrs.update(hook_results)
+        try:
+            self.span.set_attributes(attrs)
+        except Exception:
+            logger.exception("moesif_otel: could not record the exchange on its span")
+
+
+def _transaction_id(scope: Scope) -> str:
+    for name, value in scope.get("headers", ()):
+        if name.lower() == TRANSACTION_HEADER:
+            text = value.decode("latin-1").strip()
+            if text and len(text) <= _MAX_TRANSACTION_ID and text.isprintable():
+                return text
+            break
+    return str(uuid.uuid4())
+
+
+def flat_headers(raw: Any, transaction_id: str | None) -> tuple[str, ...]:
+    """Headers as a flat (name, value, name, value, ...) tuple: a valid attribute, no serialisation.
+
+    Names are lower-cased; the exporter joins repeated ones. The transaction id, when given,
+    replaces any incoming value so that both header maps carry the same id as the event.
+    """
+    flat: list[str] = []
+    for name, value in raw:
+        key = name.decode("latin-1").lower()
+        if transaction_id is not None and key == "x-moesif-transaction-id":
+            continue
+        flat.append(key)
+        flat.append(value.decode("latin-1"))
+    if transaction_id is not None:
+        flat.append("x-moesif-transaction-id")
+        flat.append(transaction_id)
+    return tuple(flat)
+
+
+def request_uri(scope: Scope) -> str:
+    """Full URL as the client asked for it: scheme, Host header (or server), raw path, query."""
+    scheme = scope.get("scheme") or "http"
+    host = None
+    for name, value in scope.get("headers", ()):
+        if name == b"host" or name.lower() == b"host":
+            host = value.decode("latin-1")
+            break
+    if not host:
+        server = scope.get("server")
+        if server:
+            address, port = server[0], server[1]
+            default = (scheme in ("http", "ws") and port == 80) or (scheme in ("https", "wss") and port == 443)
+            host = address if port is None or default else f"{address}:{port}"
+        else:
+            host = "localhost"
+    raw_path = scope.get("raw_path")
+    if raw_path:
+        path = raw_path.decode("latin-1")
+        if "?" in path:  # some servers include the query in raw_path
+            path = path.split("?", 1)[0]
+    else:
+        from urllib.parse import quote
+
+        path = quote(scope.get("path", "/"))  # includes root_path (ASGI spec)
+    query = scope.get("query_string", b"")
+    uri = f"{scheme}://{host}{path}"
+    return f"{uri}?{query.decode('latin-1')}" if query else uri

@@ -1,0 +1,226 @@
+"""MoesifSpanExporter: API-call spans → Moesif events → gzip JSON batches → the collector.
+
+A real OTel ``SpanExporter``: it works behind :class:`~moesif_otel.MoesifSpanProcessor`, behind the
+SDK's ``BatchSpanProcessor`` in an existing pipeline, and under ``opentelemetry-instrument`` with
+``OTEL_TRACES_EXPORTER=moesif`` (constructed without arguments: settings come from ``MOESIF_*``).
+``export`` converts on the calling (background) thread and hands payloads to :class:`Delivery`,
+whose own workers upload, retry and overlap — so a slow collector never stalls the span pipeline.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from moesifapi.models import EventModel
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from moesif_otel._version import __version__
+from moesif_otel.delivery import Delivery
+from moesif_otel.event import EventOptions, is_api_call, span_to_event
+from moesif_otel.hooks import run_awaitable
+from moesif_otel.settings import Settings
+from moesif_otel.transport import HttpTransport
+
+logger = logging.getLogger("moesif_otel")
+
+USER_AGENT = f"moesif-otel-python/{__version__}"
+EVENTS_PATH = "/v1/events/batch"
+MAX_EVENT_BYTES = 1_000_000  # Moesif rejects events over 1 MB
+MAX_PAYLOAD_BYTES = 8_000_000  # uncompressed; far below the 50 MB batch limit
+_GZIP_LEVEL = 1  # most of the size win for a fraction of the CPU
+
+
+def _compact(model: Any) -> Any:
+    """``to_dictionary()`` without the nulls: smaller payloads, same meaning to Moesif."""
+    return {k: v for k, v in model.to_dictionary().items() if v is not None}
+
+
+class MoesifSpanExporter(SpanExporter):
+    """Exports HTTP server/client spans as Moesif API-call events; ignores every other span."""
+
+    def __init__(
+        self,
+        settings: Mapping[str, Any] | Settings | None = None,
+        *,
+        application_id: str | None = None,
+        base_uri: str | None = None,
+        delivery: Delivery | None = None,
+    ) -> None:
+        if not isinstance(settings, Settings):
+            values = dict(settings or {})
+            if application_id is not None:
+                values["APPLICATION_ID"] = application_id
+            if base_uri is not None:
+                values["BASE_URI"] = base_uri
+            settings = Settings.from_mapping(values)
+        self.settings = settings
+        self.options = EventOptions(
+            api_version=settings.api_version,
+            authorization_header_names=settings.authorization_header_names,
+            authorization_user_id_field=settings.authorization_user_id_field,
+            max_body_size=settings.max_body_size,
+        )
+        self._mask = settings.mask_event_model
+        self._lock = threading.Lock()
+        self._logged: set[str] = set()
+        self.exported = 0
+        self.dropped_mask = 0
+        self.dropped_too_large = 0
+        self.dropped_conversion = 0
+        self.delivery = delivery or Delivery(
+            self._new_transport,
+            workers=settings.event_worker_count,
+            max_pending=max(16, settings.event_queue_size // max(1, settings.batch_size)),
+            name="moesif",
+        )
+        self._shutdown = False
+
+    def _new_transport(self) -> HttpTransport:
+        return HttpTransport(self.settings.collector_uri, self.settings.application_id, user_agent=USER_AGENT)
+
+    def _warn_once(self, cause: str, message: str, *args: Any) -> None:
+        with self._lock:
+            if cause in self._logged:
+                return
+            self._logged.add(cause)
+        logger.warning(message, *args)
+
+    # -- SpanExporter -----------------------------------------------------------------------------
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._shutdown:
+            return SpanExportResult.FAILURE
+        encoded: list[bytes] = []
+        for span in spans:
+            if not is_api_call(span):
+                continue
+            data = self._encode(span)
+            if data is not None:
+                encoded.append(data)
+        ok = True
+        for payload, count in self._payloads(encoded):
+            ok = (
+                self.delivery.submit(
+                    EVENTS_PATH,
+                    gzip.compress(payload, _GZIP_LEVEL),
+                    count=count,
+                    headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+                )
+                and ok
+            )
+        self.exported += len(encoded)
+        return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
+
+    def _encode(self, span: ReadableSpan) -> bytes | None:
+        try:
+            event = span_to_event(span, self.options)
+        except Exception as exc:
+            self.dropped_conversion += 1
+            self._warn_once(f"convert:{type(exc).__name__}", "moesif_otel: could not build an event: %r", exc)
+            return None
+        if self._mask is not None:
+            event = self._apply_mask(event)
+            if event is None:
+                return None
+        trace_id = span.context.trace_id if span.context is not None else 0
+        return self._serialize(event, trace_id)
+
+    def _apply_mask(self, event: EventModel) -> EventModel | None:
+        """MASK_EVENT_MODEL must not leak the unmasked event: any failure drops it."""
+        try:
+            result = self._mask(event)  # type: ignore[misc]
+            if hasattr(result, "__await__"):
+                result = run_awaitable(result)
+        except Exception as exc:
+            self.dropped_mask += 1
+            self._warn_once(
+                f"mask-raise:{type(exc).__name__}",
+                "moesif_otel: MASK_EVENT_MODEL raised %r; the event is dropped, not sent unmasked "
+                "(logged once; see stats()['dropped_mask'])",
+                exc,
+            )
+            return None
+        if not isinstance(result, EventModel):
+            self.dropped_mask += 1
+            self._warn_once(
+                f"mask-type:{type(result).__name__}",
+                "moesif_otel: MASK_EVENT_MODEL returned %s, not an EventModel; the event is dropped "
+                "(logged once; see stats()['dropped_mask'])",
+                type(result).__name__,
+            )
+            return None
+        return result
+
+    def _serialize(self, event: EventModel, trace_id: int) -> bytes | None:
+        def document() -> dict[str, Any]:
+            doc = _compact(event)
+            doc["request"] = _compact(event.request) if event.request is not None else {}
+            if event.response is not None:
+                doc["response"] = _compact(event.response)
+            if trace_id:
+                doc["trace_id"] = format(trace_id, "032x")
+            return doc
+
+        try:
+            data = json.dumps(document(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            if len(data) <= MAX_EVENT_BYTES:
+                return data
+            # Over Moesif's limit: send the call without its bodies, and say so.
+            notes = {"request_body": "omitted: event over 1 MB", "response_body": "omitted: event over 1 MB"}
+            for part in (event.request, event.response):
+                if part is not None:
+                    part.body = None
+                    part.transfer_encoding = None
+            metadata = event.metadata if isinstance(event.metadata, dict) else {}
+            event.metadata = {**metadata, "moesif_otel": {**metadata.get("moesif_otel", {}), **notes}}
+            data = json.dumps(document(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            if len(data) <= MAX_EVENT_BYTES:
+                return data
+        except (TypeError, ValueError) as exc:  # e.g. a mask hook put a datetime in the event
+            self.dropped_conversion += 1
+            self._warn_once(f"json:{type(exc).__name__}", "moesif_otel: event is not JSON serialisable: %s", exc)
+            return None
+        self.dropped_too_large += 1
+        self._warn_once("too-large", "moesif_otel: an event is over 1 MB even without bodies; dropped")
+        return None
+
+    def _payloads(self, encoded: list[bytes]) -> list[tuple[bytes, int]]:
+        """JSON arrays of at most BATCH_SIZE events and MAX_PAYLOAD_BYTES."""
+        payloads: list[tuple[bytes, int]] = []
+        batch: list[bytes] = []
+        size = 0
+        for data in encoded:
+            if batch and (len(batch) >= self.settings.batch_size or size + len(data) > MAX_PAYLOAD_BYTES):
+                payloads.append((b"[" + b",".join(batch) + b"]", len(batch)))
+                batch, size = [], 0
+            batch.append(data)
+            size += len(data) + 1
+        if batch:
+            payloads.append((b"[" + b",".join(batch) + b"]", len(batch)))
+        return payloads
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.delivery.flush(timeout_millis / 1000)
+
+    def shutdown(self, timeout_millis: int | None = None) -> None:
+        if self._shutdown:
+            return
+        self._shutdown = True
+        timeout = self.settings.shutdown_timeout if timeout_millis is None else timeout_millis / 1000
+        self.delivery.shutdown(timeout)
+
+    def stats(self) -> dict[str, int]:
+        """Counters of this exporter and its delivery: what was sent, retried and dropped, by cause."""
+        return {
+            "events_exported": self.exported,
+            "dropped_mask": self.dropped_mask,
+            "dropped_too_large": self.dropped_too_large,
+            "dropped_conversion": self.dropped_conversion,
+            **self.delivery.stats(),
+        }

@@ -1,0 +1,124 @@
+"""User hooks, made failsafe.
+
+A hook that raises or returns the wrong type must never change what the app answers nor stop the
+event: its field is left out and the problem is logged once per hook and cause (WARNING on the
+``moesif_otel`` logger), not once per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger("moesif_otel")
+
+_MISSING = object()
+
+
+def _text(value: Any) -> Any:
+    """Ids may come back as ints from user code; anything else that is not text is wrong."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return _MISSING
+
+
+def _mapping(value: Any) -> Any:
+    return value if isinstance(value, dict) else _MISSING
+
+
+def _flag(value: Any) -> Any:
+    return bool(value) if isinstance(value, (bool, int)) else _MISSING
+
+
+# How each kind of hook result is checked: returns the value to use, or _MISSING when wrong.
+CHECKS: dict[str, Callable[[Any], Any]] = {"text": _text, "mapping": _mapping, "flag": _flag}
+
+
+class Hook:
+    """One user function, called failsafe; sync or ``async def``."""
+
+    __slots__ = ("_check", "_lock", "_logged", "expected", "fn", "name")
+
+    def __init__(self, name: str, fn: Callable[..., Any], expected: str) -> None:
+        self.name = name
+        self.fn = fn
+        self.expected = expected
+        self._check = CHECKS[expected]
+        self._logged: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _warn_once(self, cause: str, message: str, *args: Any, exc_info: bool = False) -> None:
+        with self._lock:
+            if cause in self._logged:
+                return
+            self._logged.add(cause)
+        logger.warning(message, *args, exc_info=exc_info)
+
+    def _result(self, value: Any) -> Any:
+        if value is None:
+            return None
+        checked = self._check(value)
+        if checked is _MISSING:
+            self._warn_once(
+                f"type:{type(value).__name__}",
+                "moesif_otel: %s returned %s, expected %s; the field is left out (logged once)",
+                self.name,
+                type(value).__name__,
+                self.expected,
+            )
+            return None
+        return checked
+
+    def _failed(self, exc: BaseException) -> None:
+        self._warn_once(
+            f"raise:{type(exc).__name__}",
+            "moesif_otel: %s raised %s: %s; the field is left out (logged once)",
+            self.name,
+            type(exc).__name__,
+            exc,
+            exc_info=True,
+        )
+
+    async def acall(self, *args: Any) -> Any:
+        """Call on the event loop; awaits an async hook."""
+        try:
+            value = self.fn(*args)
+            if inspect.isawaitable(value):
+                value = await value
+        except Exception as exc:
+            self._failed(exc)
+            return None
+        return self._result(value)
+
+    def call(self, *args: Any) -> Any:
+        """Call from a plain thread; an async hook runs on this thread's private loop."""
+        try:
+            value = self.fn(*args)
+            if inspect.isawaitable(value):
+                value = run_awaitable(value)
+        except Exception as exc:
+            self._failed(exc)
+            return None
+        return self._result(value)
+
+
+_thread_loops = threading.local()
+
+
+def run_awaitable(awaitable: Any) -> Any:
+    """Run an awaitable to completion on a loop owned by the calling (non-async) thread."""
+    loop = getattr(_thread_loops, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = asyncio.new_event_loop()
+        _thread_loops.loop = loop
+    return loop.run_until_complete(awaitable)
+
+
+def make_hook(name: str, fn: Callable[..., Any] | None, expected: str) -> Hook | None:
+    return Hook(name, fn, expected) if fn is not None else None

@@ -1,0 +1,90 @@
+"""MoesifMiddleware: the moesifasgi drop-in, built from OpenTelemetry parts.
+
+``app.add_middleware(MoesifMiddleware, settings={...})`` or ``MoesifMiddleware(app, settings)``.
+Layers, outermost first: OTel's ASGI middleware (the server span, without its per-message
+receive/send spans: Moesif uses none of them), :class:`HttpCapture`, the application.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.sdk.trace import TracerProvider
+
+from moesif_otel.capture import ASGIApp, CaptureOptions, HttpCapture, Message, Receive, Scope, Send
+from moesif_otel.hooks import make_hook
+from moesif_otel.pipeline import Pipeline
+from moesif_otel.settings import Settings
+
+
+def capture_options(settings: Settings) -> CaptureOptions:
+    return CaptureOptions(
+        log_body=settings.log_body,
+        max_body_size=settings.max_body_size,
+        transaction_id=not settings.disabled_transaction_id,
+        identify_user=make_hook("IDENTIFY_USER", settings.identify_user, "text"),
+        identify_company=make_hook("IDENTIFY_COMPANY", settings.identify_company, "text"),
+        get_session_token=make_hook("GET_SESSION_TOKEN", settings.get_session_token, "text"),
+        get_metadata=make_hook("GET_METADATA", settings.get_metadata, "mapping"),
+        skip=make_hook("SKIP", settings.skip, "flag"),
+    )
+
+
+class MoesifMiddleware:
+    """Captures every HTTP call the app serves and sends it to Moesif (or a compatible collector)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: Mapping[str, Any] | None = None,
+        *,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
+        self.app = app
+        self.settings = Settings.from_mapping(settings)
+        self.pipeline = Pipeline.build(self.settings, tracer_provider)
+        self._capture = HttpCapture(app, capture_options(self.settings))
+        self._traced = OpenTelemetryMiddleware(
+            self._capture,
+            tracer_provider=self.pipeline.tracer_provider,
+            meter_provider=NoOpMeterProvider(),
+            exclude_spans=["receive", "send"],
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            if trace.get_current_span().is_recording():
+                # Already inside a server span (FastAPIInstrumentor, opentelemetry-instrument):
+                # capture onto it rather than open a second one.
+                await self._capture(scope, receive, send)
+            else:
+                await self._traced(scope, receive, send)
+        elif kind == "lifespan":
+            await self.app(scope, receive, self._lifespan_send(send))
+        else:  # websocket and anything newer: untouched
+            await self.app(scope, receive, send)
+
+    def _lifespan_send(self, send: Send) -> Send:
+        async def lifespan_send(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                # The server exits right after this message: deliver what is queued first (bounded).
+                await asyncio.get_running_loop().run_in_executor(None, self.pipeline.flush)
+            await send(message)
+
+        return lifespan_send
+
+    # -- operations -------------------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Deliver every event captured so far; True when all were delivered within ``timeout``."""
+        return self.pipeline.flush(timeout)
+
+    def stats(self) -> dict[str, int]:
+        """Counters: events queued, sent, retried and dropped (by cause)."""
+        return self.pipeline.stats()

@@ -1,0 +1,148 @@
+"""MoesifSpanProcessor: the only pipeline work done on the request path is a filter and an append.
+
+Unlike the SDK's BatchSpanProcessor it keeps non-HTTP spans out of the queue, sends a batch as soon
+as it is full, counts what it drops, and survives ``fork()``: the child gets a fresh queue and
+thread, the parent keeps delivering what it had.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace.export import SpanExporter
+
+from moesif_otel.event import is_api_call
+
+logger = logging.getLogger("moesif_otel")
+
+
+class MoesifSpanProcessor(SpanProcessor):
+    """Queues finished API-call spans and hands them to the exporter in batches, off the request path."""
+
+    def __init__(
+        self,
+        exporter: SpanExporter,
+        *,
+        max_queue_size: int = 10_000,
+        max_batch_size: int = 100,
+        schedule_delay: float = 1.0,
+        shutdown_timeout: float = 5.0,
+    ) -> None:
+        self.exporter = exporter
+        self.max_queue_size = max_queue_size
+        self.max_batch_size = max_batch_size
+        self.schedule_delay = schedule_delay
+        self.shutdown_timeout = shutdown_timeout
+        self.queued = 0
+        self.dropped_queue_full = 0
+        self._shutdown = False
+        self._init_state()
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.WeakMethod(self._init_state)
+            os.register_at_fork(after_in_child=lambda: (m := ref()) and m())
+
+    def _init_state(self) -> None:
+        """Fresh queue, lock and worker: at construction and in a forked child."""
+        self._queue: deque[ReadableSpan] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._exporting = 0
+        self._worker: threading.Thread | None = None
+
+    # -- request path -----------------------------------------------------------------------------
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        return None
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self._shutdown or not is_api_call(span):
+            return
+        if len(self._queue) >= self.max_queue_size:
+            self.dropped_queue_full += 1
+            if self.dropped_queue_full == 1 or self.dropped_queue_full % 1000 == 0:
+                logger.warning(
+                    "moesif_otel: event queue full (EVENT_QUEUE_SIZE=%d); %d events dropped so far",
+                    self.max_queue_size,
+                    self.dropped_queue_full,
+                )
+            return
+        self._queue.append(span)
+        self.queued += 1
+        if self._worker is None:
+            self._start_worker()
+        if len(self._queue) >= self.max_batch_size:
+            with self._cond:
+                self._cond.notify()
+
+    def _start_worker(self) -> None:
+        with self._cond:
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._run, name="moesif-otel-processor", daemon=True)
+                self._worker.start()
+
+    # -- worker -----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._shutdown and len(self._queue) < self.max_batch_size:
+                    self._cond.wait(self.schedule_delay)
+                if self._shutdown and not self._queue:
+                    return
+            self._drain()
+
+    def _take(self) -> list[ReadableSpan]:
+        batch: list[ReadableSpan] = []
+        queue = self._queue
+        while queue and len(batch) < self.max_batch_size:
+            batch.append(queue.popleft())
+        return batch
+
+    def _drain(self, deadline: float | None = None) -> bool:
+        """Export everything queued (until the deadline). True when the queue was emptied."""
+        while True:
+            with self._cond:
+                batch = self._take()
+                if not batch:
+                    return True
+                self._exporting += 1
+            try:
+                self.exporter.export(batch)
+            except Exception:
+                logger.exception("moesif_otel: exporting %d events failed", len(batch))
+            finally:
+                with self._cond:
+                    self._exporting -= 1
+                    self._cond.notify_all()
+            if deadline is not None and time.monotonic() >= deadline:
+                return not self._queue
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        deadline = time.monotonic() + timeout_millis / 1000
+        emptied = self._drain(deadline)
+        with self._cond:  # wait for a batch the worker is exporting right now
+            while self._exporting and time.monotonic() < deadline:
+                self._cond.wait(max(0.0, deadline - time.monotonic()))
+        remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+        delivered = self.exporter.force_flush(remaining_ms)
+        return emptied and delivered and not self._exporting
+
+    def shutdown(self) -> None:
+        if self._shutdown:
+            return
+        self.force_flush(int(self.shutdown_timeout * 1000))
+        with self._cond:
+            self._shutdown = True
+            self._cond.notify_all()
+        self.exporter.shutdown()
+
+    def stats(self) -> dict[str, int]:
+        return {"spans_queued": self.queued, "dropped_queue_full": self.dropped_queue_full}
