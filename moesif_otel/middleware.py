@@ -48,6 +48,10 @@ class MoesifMiddleware:
         self.app = app
         self.settings = Settings.from_mapping(settings)
         self.pipeline = Pipeline.build(self.settings, tracer_provider)
+        if self.settings.capture_outgoing_requests:
+            from moesif_otel.outgoing import enable_outgoing_capture
+
+            enable_outgoing_capture(self.pipeline)
         self._capture = HttpCapture(app, capture_options(self.settings))
         self._traced = OpenTelemetryMiddleware(
             self._capture,
