@@ -73,14 +73,28 @@ def main() -> int:
         env["MOESIF_BASE_URI"] = collector.url
     port = free_port()
     app = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app:app", "--app-dir", str(HERE), "--port", str(port),
-         "--host", "127.0.0.1", "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app:app",
+            "--app-dir",
+            str(HERE),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--log-level",
+            "warning",
+        ],
         env=env,
     )
     try:
         wait_for_port(port, app)
-        print(f"example app on http://127.0.0.1:{port}, sending to "
-              f"{'Moesif' if to_moesif else 'the local collector at ' + collector.url}\n")
+        print(
+            f"example app on http://127.0.0.1:{port}, sending to "
+            f"{'Moesif' if to_moesif else 'the local collector at ' + collector.url}\n"
+        )
         base = f"http://127.0.0.1:{port}"
         for method, path, payload, headers in REQUESTS:
             print(f"  {method:4} {path:24} -> {call(base, method, path, payload, headers)}")
@@ -93,8 +107,9 @@ def main() -> int:
     try:
         expected = len(REQUESTS) - 1
         events = collector.wait_for_events(expected, timeout=15)
-        print(f"\nthe collector received {len(events)} events "
-              f"(/health/probe was skipped by the SKIP hook):\n")
+        print(
+            f"\nthe collector received {len(events)} events (/health/probe was skipped by the SKIP hook):\n"
+        )
         for event in events:
             print("  " + format_event(event))
         masked = next(e for e in events if e["request"]["verb"] == "POST")

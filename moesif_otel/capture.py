@@ -118,7 +118,9 @@ class Exchange:
         "transaction_id",
     )
 
-    def __init__(self, options: CaptureOptions, scope: Scope, span: Any, receive: Receive, send: Send) -> None:
+    def __init__(
+        self, options: CaptureOptions, scope: Scope, span: Any, receive: Receive, send: Send
+    ) -> None:
         self.request_start_ns = time.time_ns()
         self.options = options
         self.scope = scope
@@ -247,10 +249,8 @@ class Exchange:
                 try:
                     results[A.MOESIF_METADATA] = json.dumps(metadata)
                 except (TypeError, ValueError) as exc:
-                    options.get_metadata._warn_once(
-                        "json",
-                        "moesif_otel: GET_METADATA returned data that is not JSON (%s); left out (logged once)",
-                        exc,
+                    options.get_metadata.warn_once(
+                        "json", "moesif_otel: GET_METADATA returned data that is not JSON (%s); left out", exc
                     )
         return results
 
@@ -344,7 +344,9 @@ def request_uri(scope: Scope) -> str:
         server = scope.get("server")
         if server:
             address, port = server[0], server[1]
-            default = (scheme in ("http", "ws") and port == 80) or (scheme in ("https", "wss") and port == 443)
+            default = (scheme in ("http", "ws") and port == 80) or (
+                scheme in ("https", "wss") and port == 443
+            )
             host = address if port is None or default else f"{address}:{port}"
         else:
             host = "localhost"

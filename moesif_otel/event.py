@@ -133,7 +133,11 @@ def span_to_event(span: ReadableSpan, options: EventOptions) -> EventModel:
         attrs, A.HTTP_REQUEST_BODY_CONTENT, A.HTTP_REQUEST_BODY_SIZE, request_headers, options.max_body_size
     )
     response_body = _body(
-        attrs, A.HTTP_RESPONSE_BODY_CONTENT, A.HTTP_RESPONSE_BODY_SIZE, response_headers, options.max_body_size
+        attrs,
+        A.HTTP_RESPONSE_BODY_CONTENT,
+        A.HTTP_RESPONSE_BODY_SIZE,
+        response_headers,
+        options.max_body_size,
     )
     if request_body is not None and request_body.note:
         notes["request_body"] = request_body.note
@@ -149,7 +153,9 @@ def span_to_event(span: ReadableSpan, options: EventOptions) -> EventModel:
         verb=str(_first(attrs, _METHOD_KEYS) or "GET"),
         headers=request_headers,
         api_version=options.api_version,
-        ip_address=client_ip(request_headers, str(peer) if peer else None) if direction == "Incoming" else None,
+        ip_address=client_ip(request_headers, str(peer) if peer else None)
+        if direction == "Incoming"
+        else None,
         body=request_body.body if request_body else None,
         transfer_encoding=request_body.transfer_encoding if request_body else None,
     )

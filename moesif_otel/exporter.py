@@ -184,7 +184,9 @@ class MoesifSpanExporter(SpanExporter):
                 return data
         except (TypeError, ValueError) as exc:  # e.g. a mask hook put a datetime in the event
             self.dropped_conversion += 1
-            self._warn_once(f"json:{type(exc).__name__}", "moesif_otel: event is not JSON serialisable: %s", exc)
+            self._warn_once(
+                f"json:{type(exc).__name__}", "moesif_otel: event is not JSON serialisable: %s", exc
+            )
             return None
         self.dropped_too_large += 1
         self._warn_once("too-large", "moesif_otel: an event is over 1 MB even without bodies; dropped")

@@ -53,7 +53,8 @@ class Hook:
         self._logged: set[str] = set()
         self._lock = threading.Lock()
 
-    def _warn_once(self, cause: str, message: str, *args: Any, exc_info: bool = False) -> None:
+    def warn_once(self, cause: str, message: str, *args: Any, exc_info: bool = False) -> None:
+        """Log ``message`` the first time this hook shows ``cause``; later occurrences are silent."""
         with self._lock:
             if cause in self._logged:
                 return
@@ -65,7 +66,7 @@ class Hook:
             return None
         checked = self._check(value)
         if checked is _MISSING:
-            self._warn_once(
+            self.warn_once(
                 f"type:{type(value).__name__}",
                 "moesif_otel: %s returned %s, expected %s; the field is left out (logged once)",
                 self.name,
@@ -76,7 +77,7 @@ class Hook:
         return checked
 
     def _failed(self, exc: BaseException) -> None:
-        self._warn_once(
+        self.warn_once(
             f"raise:{type(exc).__name__}",
             "moesif_otel: %s raised %s: %s; the field is left out (logged once)",
             self.name,

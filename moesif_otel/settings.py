@@ -45,9 +45,7 @@ class Settings:
     event_queue_size: int = _setting(
         "EVENT_QUEUE_SIZE", 10_000, "int", "Finished requests waiting to be converted; beyond, counted drops."
     )
-    event_worker_count: int = _setting(
-        "EVENT_WORKER_COUNT", 2, "int", "Concurrent uploads to the collector."
-    )
+    event_worker_count: int = _setting("EVENT_WORKER_COUNT", 2, "int", "Concurrent uploads to the collector.")
     max_body_size: int = _setting(
         "MAX_BODY_SIZE", 131_072, "int", "Bytes of each body captured; larger bodies are not sent whole."
     )
@@ -82,9 +80,7 @@ class Settings:
     capture_outgoing_requests: bool = _setting(
         "CAPTURE_OUTGOING_REQUESTS", False, "bool", "Capture calls made with `requests` (and httpx)."
     )
-    log_body_outgoing: bool = _setting(
-        "LOG_BODY_OUTGOING", True, "bool", "Capture bodies of outgoing calls."
-    )
+    log_body_outgoing: bool = _setting("LOG_BODY_OUTGOING", True, "bool", "Capture bodies of outgoing calls.")
     identify_user_outgoing: Callable[..., Any] | None = _setting(
         "IDENTIFY_USER_OUTGOING", None, "hook", "(req, res) -> user id of an outgoing call."
     )
@@ -106,7 +102,9 @@ class Settings:
     response_body_masks: tuple[str, ...] = _setting(
         "RESPONSE_BODY_MASKS", (), "list", "JSON keys removed from outgoing response bodies."
     )
-    local_debug: bool = _setting("LOCAL_DEBUG", False, "bool", "moesifpythonrequest: use LOCAL_MOESIF_BASEURL.")
+    local_debug: bool = _setting(
+        "LOCAL_DEBUG", False, "bool", "moesifpythonrequest: use LOCAL_MOESIF_BASEURL."
+    )
     local_moesif_baseurl: str | None = _setting(
         "LOCAL_MOESIF_BASEURL", None, "str", "moesifpythonrequest: base URL when LOCAL_DEBUG."
     )
@@ -173,9 +171,7 @@ class Settings:
 
     @property
     def authorization_header_names(self) -> tuple[str, ...]:
-        return tuple(
-            n.strip().lower() for n in self.authorization_header_name.split(",") if n.strip()
-        )
+        return tuple(n.strip().lower() for n in self.authorization_header_name.split(",") if n.strip())
 
 
 _KEYS = {f.metadata["key"] for f in fields(Settings)}
@@ -256,6 +252,4 @@ def load_object(path: str) -> Any:
 
 def settings_reference() -> list[tuple[str, str, Any, str]]:
     """(key, kind, default, meaning) for every setting: the docs' configuration table."""
-    return [
-        (f.metadata["key"], f.metadata["kind"], f.default, f.metadata["doc"]) for f in fields(Settings)
-    ]
+    return [(f.metadata["key"], f.metadata["kind"], f.default, f.metadata["doc"]) for f in fields(Settings)]
