@@ -1,0 +1,470 @@
+"""Bounded background delivery of payloads to the collector, with retries.
+
+The exporter hands over ready-to-send payloads and must never wait for the network: ``submit``
+only appends to a bounded backlog. Worker threads (each with its own kept-alive connection, so
+uploads overlap when the collector is slow) send them, retry transient failures with jittered
+exponential backoff (``Retry-After`` wins, and pauses every worker since it describes the server,
+not the batch), and count every event that a bound forces us to drop, by cause.
+
+A batch waiting for its backoff sits in a heap, not in a worker, so a retry never ties up a
+thread. Threads start on the first submit and are re-created after ``os.fork()`` in the child,
+which starts with an empty backlog (the parent keeps delivering its own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import heapq
+import itertools
+import logging
+import math
+import os
+import random
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timezone
+
+from moesif_otel.transport import HttpTransport, Response, TransportError
+
+__all__ = ["Delivery", "parse_retry_after"]
+
+_log = logging.getLogger("moesif_otel.delivery")
+
+_STATS_LOG_INTERVAL = 60.0  # seconds between DEBUG stats lines
+_BODY_IN_LOG = 300  # characters of a collector's error answer worth showing
+
+_COUNTERS = (
+    "queued",
+    "sent",
+    "batches_sent",
+    "retried",
+    "in_flight",
+    "dropped_queue_full",
+    "dropped_rejected",
+    "dropped_retry_exhausted",
+    "dropped_shutdown",
+)
+
+_REJECT_REASONS = {
+    400: "the collector rejected the batch",
+    401: "the application id is wrong",
+    402: "the Moesif subscription is inactive",
+    403: "the application id is not allowed to send events",
+    404: "the collector URL (BASE_URI) is wrong",
+    413: "the payload is too large",
+}
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait according to a ``Retry-After`` value (delay-seconds or HTTP-date).
+
+    ``now`` is a wall-clock timestamp (defaults to ``time.time()``), used for HTTP-dates.
+    None when absent or unparsable; a date in the past means 0.
+    """
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _retryable(status: int) -> bool:
+    return status in (408, 429) or 500 <= status <= 599
+
+
+def _body_excerpt(body: bytes) -> str:
+    text = body.decode("utf-8", errors="replace").strip()
+    if len(text) > _BODY_IN_LOG:
+        return f"{text[:_BODY_IN_LOG]}... ({len(body)} bytes)"
+    return text or "(empty body)"
+
+
+@dataclass(eq=False)
+class _Batch:
+    path: str
+    payload: bytes
+    count: int
+    headers: dict[str, str] | None
+    first_attempt: float | None = None
+    attempts: int = 0
+    abandoned: bool = False  # counted as dropped by shutdown while a worker still held it
+
+
+def _reinit_after_fork(ref: weakref.ref[Delivery]) -> None:
+    delivery = ref()
+    if delivery is not None:
+        delivery._reset_state()
+
+
+class Delivery:
+    """Sends submitted payloads from background threads; bounded in memory and in time."""
+
+    def __init__(
+        self,
+        transport_factory: Callable[[], HttpTransport],
+        *,
+        max_pending: int = 1000,
+        workers: int = 2,
+        max_retry_seconds: float = 300.0,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        on_response: Callable[[Response], None] | None = None,
+        name: str = "moesif",
+    ) -> None:
+        if max_pending < 1 or workers < 1:
+            raise ValueError("max_pending and workers must be at least 1")
+        self._factory = transport_factory
+        self._max_pending = max_pending
+        self._workers = workers
+        self._max_retry_seconds = max_retry_seconds
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._on_response = on_response
+        self._name = name
+        self._closed = False  # no more submits
+        self._stopped = False  # workers exit; nothing left to deliver
+        self._reset_state()
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.ref(self)
+            os.register_at_fork(after_in_child=lambda: _reinit_after_fork(ref))
+
+    def _reset_state(self) -> None:
+        """Fresh locks, backlog, counters and no threads: at init and in a forked child, whose copies
+        of the parent's locks may be held by threads that don't exist there."""
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)  # workers wait here for something to send
+        self._idle = threading.Condition(self._lock)  # flush waits here for the backlog to drain
+        self._ready: deque[_Batch] = deque()
+        self._waiting: list[tuple[float, int, _Batch]] = []  # (not_before, seq, batch) heap
+        self._in_flight: set[_Batch] = set()
+        self._seq = itertools.count()
+        self._gate_until = 0.0  # Retry-After: nobody sends before this (monotonic)
+        self._threads: list[threading.Thread] = []
+        self._counters = dict.fromkeys(_COUNTERS, 0)
+        self._warn_lock = threading.Lock()
+        self._warned: set[str] = set()
+        self._last_stats_log = time.monotonic()
+
+    # -- public API ----------------------------------------------------------------------------
+
+    def submit(
+        self, path: str, payload: bytes, *, count: int, headers: Mapping[str, str] | None = None
+    ) -> bool:
+        """Queue one payload of ``count`` events; never blocks, never raises. False when dropped."""
+        try:
+            batch = _Batch(path, payload, count, dict(headers) if headers else None)
+            start_error: BaseException | None = None
+            with self._lock:
+                if self._closed:
+                    self._counters["dropped_shutdown"] += count
+                    cause = "shutdown"
+                elif self._pending() >= self._max_pending:
+                    self._counters["dropped_queue_full"] += count
+                    cause = "queue_full"
+                else:
+                    self._ready.append(batch)
+                    self._counters["queued"] += count
+                    self._counters["in_flight"] += count
+                    start_error = self._ensure_started()
+                    self._work.notify()
+                    cause = ""
+        except Exception as exc:
+            self._warn_once("submit", "Moesif delivery could not queue a payload: %r", exc)
+            return False
+        if start_error is not None:
+            self._warn_once("start", "Moesif delivery could not start its threads: %r", start_error)
+        if cause == "queue_full":
+            self._warn_once(
+                cause,
+                "Moesif delivery backlog is full (%d batches pending); new events are dropped "
+                "(counted as dropped_queue_full)",
+                self._max_pending,
+            )
+        elif cause == "shutdown":
+            self._warn_once(
+                "submit_after_shutdown",
+                "Moesif delivery is shut down; events submitted now are dropped "
+                "(counted as dropped_shutdown)",
+            )
+        return not cause
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every submitted payload is sent or dropped; False if ``timeout`` ran out first.
+
+        Don't call it from ``on_response``: the batch being answered is still pending.
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._lock:
+            while self._pending():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+            return True
+
+    def shutdown(self, timeout: float) -> bool:
+        """Flush within ``timeout``, then stop the workers. What is still pending at the deadline
+        (queued, waiting for a retry, or stuck in a request) is counted as dropped ("shutdown").
+        Idempotent; safe from any thread and from atexit. True when nothing had to be dropped."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._lock:
+            self._closed = True
+        self.flush(deadline - time.monotonic())
+        dropped = 0
+        with self._lock:
+            if not self._stopped:
+                self._stopped = True
+                leftovers = [*self._ready, *(entry[2] for entry in self._waiting), *self._in_flight]
+                for batch in leftovers:
+                    batch.abandoned = True
+                    dropped += batch.count
+                self._ready.clear()
+                self._waiting.clear()
+                self._in_flight.clear()
+                self._counters["dropped_shutdown"] += dropped
+                self._counters["in_flight"] -= dropped
+                self._work.notify_all()
+                self._idle.notify_all()
+            current = threading.current_thread()
+            threads = [t for t in self._threads if t is not current]
+        if dropped:
+            self._warn_once(
+                "shutdown",
+                "Moesif delivery: %d events could not be delivered before the shutdown timeout "
+                "(counted as dropped_shutdown)",
+                dropped,
+            )
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        _log.debug("Moesif delivery stopped: %s", self.stats())
+        return dropped == 0
+
+    def stats(self) -> dict[str, int]:
+        """Counters in events (``pending_batches`` in batches). Events refused at the door
+        (``dropped_queue_full``, submits after shutdown) are not part of ``queued``."""
+        with self._lock:
+            out = dict(self._counters)
+            out["pending_batches"] = self._pending()
+        return out
+
+    # -- worker side ---------------------------------------------------------------------------
+
+    def _pending(self) -> int:
+        return len(self._ready) + len(self._waiting) + len(self._in_flight)
+
+    def _ensure_started(self) -> BaseException | None:
+        """Start the workers on first use (called with the lock held)."""
+        if self._threads:
+            return None
+        for index in range(self._workers):
+            thread = threading.Thread(target=self._run, name=f"{self._name}-delivery-{index}", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as exc:  # e.g. interpreter shutting down
+                return exc
+            self._threads.append(thread)
+        return None
+
+    def _run(self) -> None:
+        transport: HttpTransport | None = None
+        try:
+            while (batch := self._next_batch()) is not None:
+                transport = self._deliver(batch, transport)
+        finally:
+            if transport is not None:
+                with contextlib.suppress(Exception):
+                    transport.close()
+
+    def _next_batch(self) -> _Batch | None:
+        with self._lock:
+            while not self._stopped:
+                now = time.monotonic()
+                if now < self._gate_until:
+                    timeout: float | None = self._gate_until - now
+                else:
+                    batch: _Batch | None = None
+                    if self._waiting and self._waiting[0][0] <= now:
+                        batch = heapq.heappop(self._waiting)[2]  # due retries first: they are older
+                    elif self._ready:
+                        batch = self._ready.popleft()
+                    if batch is not None:
+                        self._in_flight.add(batch)
+                        return batch
+                    timeout = self._waiting[0][0] - now if self._waiting else None
+                self._work.wait(timeout)
+            return None
+
+    def _deliver(self, batch: _Batch, transport: HttpTransport | None) -> HttpTransport | None:
+        """One attempt; returns the transport to use next time (None to build a new one)."""
+        if batch.first_attempt is None:
+            batch.first_attempt = time.monotonic()
+        batch.attempts += 1
+        response: Response | None = None
+        failure = ""
+        try:
+            if transport is None:
+                transport = self._factory()
+            response = transport.request("POST", batch.path, batch.payload, batch.headers)
+        except TransportError as exc:
+            failure = exc.cause
+            self._warn_once(
+                f"transport:{exc.cause}",
+                "Cannot reach the Moesif collector (%s: %s); retrying with backoff",
+                exc.cause,
+                exc,
+            )
+        except Exception as exc:
+            failure = "error"  # not a network problem: retrying would fail the same way
+            self._warn_once(
+                "unexpected",
+                "Moesif delivery could not send a batch: %r; such batches are dropped "
+                "(counted as dropped_rejected)",
+                exc,
+            )
+            if transport is not None:
+                with contextlib.suppress(Exception):
+                    transport.close()
+            transport = None
+        if response is not None and self._on_response is not None:
+            try:
+                self._on_response(response)
+            except Exception as exc:
+                self._warn_once("on_response", "Moesif on_response callback raised %r (ignored)", exc)
+        self._resolve(batch, response, failure)
+        return transport
+
+    def _resolve(self, batch: _Batch, response: Response | None, failure: str) -> None:
+        status = response.status if response is not None else 0
+        retry_after = None
+        now = delay = 0.0
+        if response is not None and 200 <= status <= 299:
+            outcome = "sent"
+        elif failure == "error":
+            outcome = "rejected"
+        elif response is None or _retryable(status):
+            outcome = "retry"
+            if response is not None:
+                retry_after = parse_retry_after(response.headers.get("retry-after"))
+            now = time.monotonic()
+            if retry_after is not None:
+                delay = min(retry_after, self._max_retry_seconds)
+            else:
+                delay = self._backoff(batch.attempts)
+            assert batch.first_attempt is not None
+            if now + delay > batch.first_attempt + self._max_retry_seconds:
+                outcome = "exhausted"
+        else:
+            outcome = "rejected"
+        # Log before the outcome becomes visible: a process that exits right after flush() must
+        # still get the one warning that says why its events were dropped.
+        self._log_outcome(batch, outcome, status, failure, response)
+        self._maybe_log_stats()
+        count = batch.count
+        with self._lock:
+            self._in_flight.discard(batch)
+            counters = self._counters
+            if retry_after is not None:
+                self._gate_until = max(self._gate_until, now + delay)
+            if batch.abandoned:
+                # Already counted as dropped by shutdown; a late success is still a success.
+                if outcome == "sent":
+                    counters["dropped_shutdown"] -= count
+                    counters["sent"] += count
+                    counters["batches_sent"] += 1
+                return
+            if outcome == "retry":
+                heapq.heappush(self._waiting, (now + delay, next(self._seq), batch))
+                counters["retried"] += count
+                self._work.notify_all()
+                return
+            if outcome == "sent":
+                counters["sent"] += count
+                counters["batches_sent"] += 1
+            elif outcome == "rejected":
+                counters["dropped_rejected"] += count
+            else:
+                counters["dropped_retry_exhausted"] += count
+            counters["in_flight"] -= count
+            self._idle.notify_all()
+
+    def _backoff(self, attempts: int) -> float:
+        """Exponential with "equal jitter": spreads workers and processes, keeps a floor."""
+        base = min(self._backoff_max, self._backoff_initial * 2.0 ** min(attempts - 1, 62))
+        return random.uniform(base / 2, base)
+
+    # -- logging -------------------------------------------------------------------------------
+
+    def _log_outcome(
+        self, batch: _Batch, outcome: str, status: int, failure: str, response: Response | None
+    ) -> None:
+        what = f"HTTP {status}" if status else failure
+        _log.debug(
+            "Moesif batch of %d events (%d bytes) to %s, attempt %d: %s -> %s",
+            batch.count,
+            len(batch.payload),
+            batch.path,
+            batch.attempts,
+            what,
+            outcome,
+        )
+        if outcome == "retry" and status:
+            self._warn_once(
+                f"status:{status}",
+                "Moesif collector answered %d to %s; retrying with backoff",
+                status,
+                batch.path,
+            )
+        elif outcome == "rejected" and response is not None:
+            reason = _REJECT_REASONS.get(status, "not retried")
+            if status == 413:
+                reason = f"{reason} ({len(batch.payload)} bytes)"
+            self._warn_once(
+                f"status:{status}",
+                "Moesif collector answered %d to %s: %s; collector said: %s. "
+                "Such batches are dropped, not retried (counted as dropped_rejected)",
+                status,
+                batch.path,
+                reason,
+                _body_excerpt(response.body),
+            )
+        elif outcome == "exhausted":
+            self._warn_once(
+                "retry_exhausted",
+                "Moesif delivery gave up on a batch of %d events after %d attempts "
+                "(max_retry_seconds=%s); counted as dropped_retry_exhausted",
+                batch.count,
+                batch.attempts,
+                self._max_retry_seconds,
+            )
+
+    def _maybe_log_stats(self) -> None:
+        if not _log.isEnabledFor(logging.DEBUG):
+            return
+        now = time.monotonic()
+        if now - self._last_stats_log < _STATS_LOG_INTERVAL:
+            return
+        self._last_stats_log = now
+        _log.debug("Moesif delivery stats: %s", self.stats())
+
+    def _warn_once(self, key: str, message: str, *args: object) -> None:
+        with self._warn_lock:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        _log.warning(message, *args)
