@@ -608,6 +608,7 @@ class AppConfig:
         "_company_rates",
         "_etag",
         "_has_rules",
+        "_needs_body",
         "_regex_rules",
         "_rules_tag",
         "_sample_rate",
@@ -627,10 +628,12 @@ class AppConfig:
         users: _Cohorts = _EMPTY_COHORTS,
         companies: _Cohorts = _EMPTY_COHORTS,
         has_rules: bool = False,
+        needs_body: bool = False,
         etag: str | None = None,
         rules_tag: str | None = None,
     ) -> None:
         """Internal: use :meth:`default` or :meth:`from_json`."""
+        self._needs_body = needs_body
         self._sample_rate = sample_rate
         self._sample_regex = sample_regex
         self._user_rates = user_rates or {}
@@ -675,6 +678,7 @@ class AppConfig:
             users=_parse_cohorts(config.get("user_rules"), "user", rules_by_id),
             companies=_parse_cohorts(config.get("company_rules"), "company", rules_by_id),
             has_rules=bool(rules_by_id),
+            needs_body=any(_uses_body(rule) for rule in (rules if isinstance(rules, list) else ())),
             etag=etag,
             rules_tag=rules_tag,
         )
@@ -690,6 +694,16 @@ class AppConfig:
     @property
     def has_rules(self) -> bool:
         return self._has_rules
+
+    @property
+    def needs_body(self) -> bool:
+        """Some rule matches on ``request.body.*``: the body must be read before the app runs."""
+        return self._needs_body
+
+    @property
+    def samples(self) -> bool:
+        """Anything but "keep every event": without it, sampling work can be skipped entirely."""
+        return bool(self._sample_rate != 100 or self._sample_regex or self._user_rates or self._company_rates)
 
     def sample_rate(self, facts: RequestFacts, status: int | None) -> int:
         """0..100. First matching regex_config entry, then user rate, company rate, global rate."""
@@ -740,6 +754,17 @@ class AppConfig:
             f"user_rates={len(self._user_rates)}, company_rates={len(self._company_rates)}, "
             f"has_rules={self._has_rules}, etag={self._etag!r}, rules_tag={self._rules_tag!r})"
         )
+
+
+def _uses_body(raw: Any) -> bool:
+    if not isinstance(raw, dict) or not isinstance(raw.get("regex_config"), list):
+        return False
+    return any(
+        isinstance(cond, dict) and str(cond.get("path", "")).startswith(_BODY_PREFIX)
+        for entry in raw["regex_config"]
+        if isinstance(entry, dict) and isinstance(entry.get("conditions"), list)
+        for cond in entry["conditions"]
+    )
 
 
 def _parse_rules(rules: Any) -> dict[str, _Rule]:

@@ -63,6 +63,7 @@ MOESIF_SESSION_TOKEN = "moesif.session_token"
 MOESIF_METADATA = "moesif.metadata"  # str: JSON object
 MOESIF_TRANSACTION_ID = "moesif.transaction_id"
 MOESIF_SKIP = "moesif.skip"  # bool: SKIP hook said so; the event is not sent
+MOESIF_SAMPLED_OUT = "moesif.sampled_out"  # bool: dropped by the app config's sample rate
 MOESIF_BLOCKED_BY = "moesif.blocked_by"
 MOESIF_WEIGHT = "moesif.weight"  # int, set when sampled
 MOESIF_ABORTED = "moesif.aborted"  # bool: client disconnected before the response completed

@@ -26,6 +26,7 @@ from typing import Any
 from opentelemetry import trace
 
 from moesif_otel import attributes as A
+from moesif_otel.appconfig import AppConfig, keep, weight_for
 from moesif_otel.hooks import Hook
 
 logger = logging.getLogger("moesif_otel")
@@ -53,6 +54,10 @@ class CaptureOptions:
     get_session_token: Hook | None = None
     get_metadata: Hook | None = None
     skip: Hook | None = None
+    # the Moesif app config in force (sampling, governance); None: keep everything, no rules
+    app_config: Callable[[], AppConfig] | None = None
+    authorization_header_names: tuple[str, ...] = ("authorization",)
+    authorization_user_id_field: str = "sub"
 
     @property
     def has_hooks(self) -> bool:
@@ -76,9 +81,15 @@ class HttpCapture:
         if not span.is_recording():
             await self.app(scope, receive, send)
             return
-        exchange = Exchange(self.options, scope, span, receive, send)
+        config = self.options.app_config() if self.options.app_config is not None else None
+        exchange = Exchange(self.options, scope, span, receive, send, config)
         scope[SCOPE_KEY] = exchange
         try:
+            if config is not None and config.has_rules:
+                from moesif_otel.governance import govern
+
+                if await govern(exchange, config):
+                    return  # blocked: answered for the app, recorded like any response
             await self.app(scope, exchange.receive, exchange.send)
         except Exception as exc:
             if not exchange.finished:
@@ -99,10 +110,16 @@ class Exchange:
 
     __slots__ = (
         "_receive",
+        "_replay",
         "_send",
         "aborted",
+        "blocked_by",
+        "company_id",
+        "config",
         "disconnected",
+        "extra_headers",
         "finished",
+        "identified",
         "options",
         "request_body",
         "request_complete",
@@ -116,10 +133,17 @@ class Exchange:
         "span",
         "status",
         "transaction_id",
+        "user_id",
     )
 
     def __init__(
-        self, options: CaptureOptions, scope: Scope, span: Any, receive: Receive, send: Send
+        self,
+        options: CaptureOptions,
+        scope: Scope,
+        span: Any,
+        receive: Receive,
+        send: Send,
+        config: AppConfig | None = None,
     ) -> None:
         self.request_start_ns = time.time_ns()
         self.options = options
@@ -139,13 +163,31 @@ class Exchange:
         self.finished = False
         self.aborted = False
         self.transaction_id = _transaction_id(scope) if options.transaction_id else None
+        self.config = config
+        self._replay: list[Message] = []  # request messages read early (governance), for the app
+        self.identified = False
+        self.user_id: str | None = None
+        self.company_id: str | None = None
+        self.blocked_by: str | None = None
+        self.extra_headers: tuple[tuple[str, str], ...] = ()
 
     # -- the request path --------------------------------------------------------------------------
 
     async def receive(self) -> Message:
+        if self._replay:
+            return self._replay.pop(0)
         message = await self._receive()
         self._observe_request(message)
         return message
+
+    async def read_request_body(self) -> None:
+        """Read the request body now (up to the cap) and keep it for the app to receive later."""
+        while not self.request_complete and not self.disconnected:
+            if len(self.request_body) >= self.options.max_body_size:
+                return
+            message = await self._receive()
+            self._observe_request(message)
+            self._replay.append(message)
 
     def _observe_request(self, message: Message) -> None:
         kind = message["type"]
@@ -165,9 +207,14 @@ class Exchange:
         kind = message["type"]
         if kind == "http.response.start":
             headers = list(message.get("headers", ()))
+            if self.extra_headers:  # governance headers of a rule that did not block
+                names = {name.encode("latin-1") for name, _ in self.extra_headers}
+                headers = [h for h in headers if h[0].lower() not in names]
+                headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.extra_headers]
             if self.transaction_id is not None:
                 headers = [h for h in headers if h[0].lower() != TRANSACTION_HEADER]
                 headers.append((TRANSACTION_HEADER, self.transaction_id.encode("latin-1")))
+            if self.extra_headers or self.transaction_id is not None:
                 message = {**message, "headers": headers}
             self.status = message["status"]
             self.response_headers = headers
@@ -201,12 +248,11 @@ class Exchange:
             self.response_end_ns = time.time_ns()
         if error is None and self.options.log_body and not self.request_complete and not self.disconnected:
             await self._drain_request()
-        results: dict[str, Any] = {}
-        if self.options.has_hooks:
-            try:
-                results = await self._run_hooks(error)
-            except Exception:  # our own bug must not become the app's
-                logger.exception("moesif_otel: running hooks failed")
+        try:
+            results = await self._complete(error)
+        except Exception:  # our own bug must not become the app's
+            logger.exception("moesif_otel: completing the event failed")
+            results = {}
         self.record(error=error, hook_results=results)
 
     async def _drain_request(self) -> None:
@@ -226,23 +272,58 @@ class Exchange:
                 return
             self._observe_request(message)
 
-    async def _run_hooks(self, error: BaseException | None) -> dict[str, Any]:
-        from moesif_otel.hook_args import hook_arguments  # starlette import kept off module load
-
-        request, response = hook_arguments(self, error)
+    async def identify(self, request: Any, response: Any) -> None:
+        """User and company, once per request: the hooks, then the Authorization header."""
+        self.identified = True
         options = self.options
-        if options.skip is not None and await options.skip.acall(request, response):
-            return {A.MOESIF_SKIP: True}
-        results: dict[str, Any] = {}
-        for hook, attribute in (
-            (options.identify_user, A.USER_ID),
-            (options.identify_company, A.MOESIF_COMPANY_ID),
-            (options.get_session_token, A.MOESIF_SESSION_TOKEN),
+        if options.identify_user is not None:
+            self.user_id = await options.identify_user.acall(request, response)
+        if options.identify_company is not None:
+            self.company_id = await options.identify_company.acall(request, response)
+        if (
+            self.user_id is None
+            and self.config is not None
+            and (self.config.has_rules or self.config.samples)
         ):
-            if hook is not None:
-                value = await hook.acall(request, response)
-                if value is not None:
-                    results[attribute] = value
+            from moesif_otel.identity import user_id_from_authorization
+
+            self.user_id = user_id_from_authorization(
+                request_headers(self.scope),
+                options.authorization_header_names,
+                options.authorization_user_id_field,
+            )
+
+    async def _complete(self, error: BaseException | None) -> dict[str, Any]:
+        """SKIP, identity, sampling, then the other hooks; the expensive parts only for kept events."""
+        options = self.options
+        request = response = None
+        if options.has_hooks:
+            from moesif_otel.hook_args import hook_arguments  # starlette import kept off module load
+
+            request, response = hook_arguments(self, error)
+            if options.skip is not None and await options.skip.acall(request, response):
+                return {A.MOESIF_SKIP: True}
+        if not self.identified:
+            await self.identify(request, response)
+        results: dict[str, Any] = {}
+        if self.user_id is not None:
+            results[A.USER_ID] = self.user_id
+        if self.company_id is not None:
+            results[A.MOESIF_COMPANY_ID] = self.company_id
+        config = self.config
+        if config is not None and config.samples:
+            from moesif_otel.governance import request_facts
+
+            status = self.status or (500 if error is not None else None)
+            rate = config.sample_rate(request_facts(self), status)
+            if rate < 100:
+                if not keep(self.span.get_span_context().trace_id, rate):
+                    return {A.MOESIF_SKIP: True, A.MOESIF_SAMPLED_OUT: True}
+                results[A.MOESIF_WEIGHT] = weight_for(rate)
+        if options.get_session_token is not None:
+            token = await options.get_session_token.acall(request, response)
+            if token is not None:
+                results[A.MOESIF_SESSION_TOKEN] = token
         if options.get_metadata is not None:
             metadata = await options.get_metadata.acall(request, response)
             if metadata is not None:
@@ -252,11 +333,16 @@ class Exchange:
                     options.get_metadata.warn_once(
                         "json", "moesif_otel: GET_METADATA returned data that is not JSON (%s); left out", exc
                     )
+        if self.blocked_by is not None:
+            results[A.MOESIF_BLOCKED_BY] = self.blocked_by
         return results
 
     def record(self, error: BaseException | None = None, hook_results: dict[str, Any] | None = None) -> None:
         """Write everything known about the exchange onto the span."""
         self.finished = True
+        if hook_results and hook_results.get(A.MOESIF_SKIP):
+            self.span.set_attributes(hook_results)  # not sent: nothing else is worth copying
+            return
         scope = self.scope
         status = self.status
         if error is not None:
@@ -311,6 +397,16 @@ def _transaction_id(scope: Scope) -> str:
                 return text
             break
     return str(uuid.uuid4())
+
+
+def request_headers(scope: Scope) -> dict[str, str]:
+    """Lower-case names, repeated headers joined with ', ' (for decisions made on the event loop)."""
+    headers: dict[str, str] = {}
+    for name, value in scope.get("headers", ()):
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return headers
 
 
 def flat_headers(raw: Any, transaction_id: str | None) -> tuple[str, ...]:

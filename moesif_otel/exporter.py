@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from moesif_otel._version import __version__
+from moesif_otel.config_sync import shared_config
 from moesif_otel.delivery import Delivery
 from moesif_otel.event import EventOptions, is_api_call, span_to_event
 from moesif_otel.hooks import run_awaitable
@@ -73,10 +74,13 @@ class MoesifSpanExporter(SpanExporter):
         self.dropped_mask = 0
         self.dropped_too_large = 0
         self.dropped_conversion = 0
+        # the app config (sampling, rules) shared with capture; upload answers announce changes
+        self.app_config = shared_config(settings.collector_uri, settings.application_id, self._new_transport)
         self.delivery = delivery or Delivery(
             self._new_transport,
             workers=settings.event_worker_count,
             max_pending=max(16, settings.event_queue_size // max(1, settings.batch_size)),
+            on_response=lambda response: self.app_config.observe(response.headers),
             name="moesif",
         )
         self._shutdown = False

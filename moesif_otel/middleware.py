@@ -17,12 +17,14 @@ from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 
 from moesif_otel.capture import ASGIApp, CaptureOptions, HttpCapture, Message, Receive, Scope, Send
+from moesif_otel.config_sync import ConfigSync
 from moesif_otel.hooks import make_hook
 from moesif_otel.pipeline import Pipeline
 from moesif_otel.settings import Settings
 
 
-def capture_options(settings: Settings) -> CaptureOptions:
+def capture_options(settings: Settings, app_config: ConfigSync | None = None) -> CaptureOptions:
+    """Capture options from settings; ``app_config`` brings sampling and governance rules."""
     return CaptureOptions(
         log_body=settings.log_body,
         max_body_size=settings.max_body_size,
@@ -32,6 +34,9 @@ def capture_options(settings: Settings) -> CaptureOptions:
         get_session_token=make_hook("GET_SESSION_TOKEN", settings.get_session_token, "text"),
         get_metadata=make_hook("GET_METADATA", settings.get_metadata, "mapping"),
         skip=make_hook("SKIP", settings.skip, "flag"),
+        app_config=(lambda: app_config.current) if app_config is not None else None,
+        authorization_header_names=settings.authorization_header_names,
+        authorization_user_id_field=settings.authorization_user_id_field,
     )
 
 
@@ -52,7 +57,7 @@ class MoesifMiddleware:
             from moesif_otel.outgoing import enable_outgoing_capture
 
             enable_outgoing_capture(self.pipeline)
-        self._capture = HttpCapture(app, capture_options(self.settings))
+        self._capture = HttpCapture(app, capture_options(self.settings, self.pipeline.exporter.app_config))
         self._traced = OpenTelemetryMiddleware(
             self._capture,
             tracer_provider=self.pipeline.tracer_provider,

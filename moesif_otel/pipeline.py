@@ -51,6 +51,7 @@ class Pipeline:
                 )
                 owns = True
         tracer_provider.add_span_processor(processor)
+        exporter.app_config.start()
         pipeline = cls(settings, exporter, processor, tracer_provider, owns)
         ref = weakref.ref(pipeline)
         atexit.register(lambda: (p := ref()) is not None and p.shutdown())
