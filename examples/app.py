@@ -40,9 +40,11 @@ def should_skip(request, response):
 
 
 def mask_event(eventmodel):
-    # The moesifasgi README's own example. Here response.body is already filled in, so it works.
-    if isinstance(eventmodel.response.body, dict) and "password" in eventmodel.response.body:
-        eventmodel.response.body["password"] = None
+    # The moesifasgi README's example, for both bodies. Here response.body is already filled in
+    # (with moesifasgi it is always None, so the password went out unmasked).
+    for body in (eventmodel.request.body, eventmodel.response.body):
+        if isinstance(body, dict) and "password" in body:
+            body["password"] = None
     return eventmodel
 
 

@@ -85,7 +85,7 @@ def main() -> int:
             "--host",
             "127.0.0.1",
             "--log-level",
-            "warning",
+            "critical",  # /boom's traceback would hide the demo's output
         ],
         env=env,
     )
@@ -113,7 +113,7 @@ def main() -> int:
         for event in events:
             print("  " + format_event(event))
         masked = next(e for e in events if e["request"]["verb"] == "POST")
-        print("\nthe POST /users event, as Moesif receives it (password masked by MASK_EVENT_MODEL):\n")
+        print("\nthe POST /users event, as Moesif receives it (the password masked by MASK_EVENT_MODEL):\n")
         print(json.dumps(masked, indent=2))
         if collector.rejected:
             print(f"\n{len(collector.rejected)} events failed the Moesif schema check!")
