@@ -1,0 +1,241 @@
+"""``opentelemetry-instrument`` support: the ``moesif`` distro.
+
+``OTEL_PYTHON_DISTRO=moesif MOESIF_APPLICATION_ID=... opentelemetry-instrument uvicorn app:app``
+sends every call an app with no Moesif code serves to Moesif, bodies included. Decisions:
+
+* **Exporter defaults.** ``OTEL_TRACES_EXPORTER`` defaults to ``moesif``; ``OTEL_METRICS_EXPORTER``
+  and ``OTEL_LOGS_EXPORTER`` default to ``none`` (otherwise the SDK looks for an OTLP exporter that
+  is usually not installed and aborts the whole setup). Values the user set are kept.
+* **Body capture** is installed only when ``moesif`` is one of the trace exporters: the distro never
+  puts bodies on spans bound for someone else's backend alone. It sits *inside* the server span
+  opened by the FastAPI/Starlette instrumentations: their ``OpenTelemetryMiddleware`` is replaced,
+  in those instrumentation modules only, by a subclass whose inner app is :class:`HttpCapture`.
+  The per-message ``receive``/``send`` spans are turned off there unless the instrumentation was
+  asked for them explicitly: Moesif uses none of them and they triple the spans per request.
+* **Settings** come from ``MOESIF_*`` variables and are validated before anything is instrumented,
+  so a wrong value is a ``ConfigurationError`` naming the variable (logged by
+  ``opentelemetry-instrument``, which then leaves the app uninstrumented but running).
+  ``MOESIF_EVENT_BATCH_TIMEOUT``, ``MOESIF_BATCH_SIZE`` and ``MOESIF_EVENT_QUEUE_SIZE`` become the
+  defaults of the SDK's ``BatchSpanProcessor`` (``OTEL_BSP_*``) when those are not set.
+* **Hooks may live in the app's own module** (``MOESIF_IDENTIFY_USER=app:identify_user``). Loading
+  them imports that module, which creates the app; so the web frameworks are instrumented *before*
+  any hook is imported, or the app would be built from the uninstrumented class.
+* **Distro selection.** ``opentelemetry-instrument`` uses the first distro installed unless
+  ``OTEL_PYTHON_DISTRO`` names one, so ``OTEL_PYTHON_DISTRO=moesif`` belongs on the command line
+  whenever ``opentelemetry-distro`` (or another vendor's distro) is installed too.
+* **SDK setup** is left to the installed configurator (``opentelemetry-distro`` ships the SDK's
+  own); when none would run, this distro runs the SDK's configurator itself.
+* **The exporter's uploads** use ``http.client`` under ``suppress_instrumentation()``, so no
+  instrumentation turns them into spans, whichever distro and instrumentations are installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry.environment_variables import (
+    OTEL_LOGS_EXPORTER,
+    OTEL_METRICS_EXPORTER,
+    OTEL_TRACES_EXPORTER,
+)
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from opentelemetry.instrumentation.distro import BaseDistro
+from opentelemetry.instrumentation.environment_variables import (
+    OTEL_PYTHON_CONFIGURATOR,
+    OTEL_PYTHON_DISABLED_INSTRUMENTATIONS,
+)
+from opentelemetry.sdk.environment_variables import (
+    OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
+    OTEL_BSP_MAX_QUEUE_SIZE,
+    OTEL_BSP_SCHEDULE_DELAY,
+)
+from opentelemetry.util._importlib_metadata import EntryPoint, entry_points
+
+from moesif_otel.capture import ASGIApp, CaptureOptions, HttpCapture, Message, Receive, Scope, Send
+from moesif_otel.settings import ENV_PREFIX, Settings, settings_reference
+
+logger = logging.getLogger("moesif_otel")
+
+EXPORTER_NAME = "moesif"
+# Instrumentations that open server spans with OTel's ASGI middleware: capture goes inside them.
+WEB_FRAMEWORKS = ("fastapi", "starlette")
+# Moesif needs none of the per-message spans; an explicit exclude_spans=[] keeps them.
+_DEFAULT_EXCLUDE_SPANS = ("receive", "send")
+
+_HOOK_VARIABLES = frozenset(ENV_PREFIX + key for key, kind, _, _ in settings_reference() if kind == "hook")
+
+
+class _State:
+    """What the distro decided; read when an instrumented app builds its middleware stack."""
+
+    options: CaptureOptions | None = None
+    shutdown_timeout: float = 5.0
+
+
+_state = _State()
+
+
+def exports_to_moesif(environ: Mapping[str, str] | None = None) -> bool:
+    """True when ``OTEL_TRACES_EXPORTER`` names the Moesif exporter."""
+    environ = os.environ if environ is None else environ
+    names = (n.strip().lower() for n in environ.get(OTEL_TRACES_EXPORTER, "").split(","))
+    return EXPORTER_NAME in names
+
+
+def capture_active() -> bool:
+    """True when this distro installed body capture (the app runs under ``opentelemetry-instrument``)."""
+    return _state.options is not None
+
+
+def capturing_middleware(app: ASGIApp, *args: Any, **kwargs: Any) -> OpenTelemetryMiddleware:
+    """OTel's ASGI middleware with :class:`HttpCapture` between it and the app.
+
+    Capture then runs with the server span current and live, exactly as in MoesifMiddleware. A
+    factory, not a subclass: the result must stay an ``OpenTelemetryMiddleware`` for whoever checks
+    (FastAPI turns its own native server span off only when it finds that exact type).
+    """
+    options = _state.options
+    if options is not None:
+        app = _AutoCapture(app, options)
+        if kwargs.get("exclude_spans") is None:
+            kwargs["exclude_spans"] = list(_DEFAULT_EXCLUDE_SPANS)
+    return OpenTelemetryMiddleware(app, *args, **kwargs)
+
+
+class _AutoCapture(HttpCapture):
+    """:class:`HttpCapture` that also delivers what is queued when the app's lifespan ends.
+
+    uvicorn re-raises SIGTERM once it has shut down gracefully, so the process dies by the signal
+    and the SDK's exit-time flush never runs; the lifespan shutdown is the last moment we get.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, _flush_before_shutdown_complete(send))
+        else:
+            await super().__call__(scope, receive, send)
+
+
+def _flush_before_shutdown_complete(send: Send) -> Send:
+    async def lifespan_send(message: Message) -> None:
+        if message["type"] == "lifespan.shutdown.complete":
+            from moesif_otel.providers import flush_moesif
+
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, flush_moesif, None, _state.shutdown_timeout)
+        await send(message)
+
+    return lifespan_send
+
+
+def _install_capture(instrumentor: Any) -> None:
+    """Make the instrumentation module build its middleware through :func:`capturing_middleware`."""
+    module = sys.modules.get(getattr(instrumentor, "__module__", ""))
+    current = getattr(module, "OpenTelemetryMiddleware", None)
+    if current is capturing_middleware:
+        return
+    if current is not OpenTelemetryMiddleware:
+        logger.warning(
+            "moesif_otel: %s does not use OpenTelemetryMiddleware as expected; bodies are not captured",
+            getattr(instrumentor, "__module__", instrumentor),
+        )
+        return
+    module.OpenTelemetryMiddleware = capturing_middleware  # type: ignore[union-attr]
+
+
+class MoesifDistro(BaseDistro):
+    """Selected with ``OTEL_PYTHON_DISTRO=moesif`` (or as the only distro installed)."""
+
+    def __init__(self) -> None:
+        self._instrumented: set[str] = set()
+
+    def _configure(self, **kwargs: Any) -> None:
+        os.environ.setdefault(OTEL_TRACES_EXPORTER, EXPORTER_NAME)
+        os.environ.setdefault(OTEL_METRICS_EXPORTER, "none")
+        os.environ.setdefault(OTEL_LOGS_EXPORTER, "none")
+        if not exports_to_moesif():
+            logger.info(
+                "moesif_otel: OTEL_TRACES_EXPORTER does not include %r; no body capture", EXPORTER_NAME
+            )
+            return
+        # Every plain value first: no user module is imported yet, nothing instrumented.
+        settings = Settings.from_mapping({}, environ=_without_hooks(os.environ))
+        _batch_defaults(settings, os.environ)
+        # Then the frameworks, so that an app created while hooks are imported is instrumented.
+        for entry_point in entry_points(group="opentelemetry_instrumentor"):
+            if entry_point.name in WEB_FRAMEWORKS and entry_point.name not in _disabled():
+                self._instrument_framework(entry_point, {})
+        settings = Settings.from_mapping({})
+        _state.options = _capture_options(settings)
+        _state.shutdown_timeout = settings.shutdown_timeout
+        if not _configurator_will_run():
+            from opentelemetry.instrumentation.version import __version__
+            from opentelemetry.sdk._configuration import _OTelSDKConfigurator
+
+            _OTelSDKConfigurator().configure(auto_instrumentation_version=__version__)
+
+    def load_instrumentor(self, entry_point: EntryPoint, **kwargs: Any) -> None:
+        name = entry_point.name
+        if name in WEB_FRAMEWORKS and exports_to_moesif():
+            if name not in self._instrumented:
+                self._instrument_framework(entry_point, kwargs)
+            return
+        # Outgoing capture (MOESIF_CAPTURE_OUTGOING_REQUESTS): integration point for moesif_otel.outgoing —
+        # for name in ("requests", "httpx") add its request/response hooks to ``kwargs`` here.
+        super().load_instrumentor(entry_point, **kwargs)
+
+    def _instrument_framework(self, entry_point: EntryPoint, kwargs: dict[str, Any]) -> None:
+        try:
+            instrumentor = entry_point.load()
+        except ImportError as exc:  # the framework itself is not installed
+            logger.debug("moesif_otel: not instrumenting %s: %s", entry_point.name, exc)
+            return
+        _install_capture(instrumentor)
+        instrumentor().instrument(**kwargs)
+        self._instrumented.add(entry_point.name)
+
+
+def _capture_options(settings: Settings) -> CaptureOptions:
+    """What MoesifMiddleware would use, sharing the exporter's app config (sampling, governance)."""
+    from moesif_otel.config_sync import shared_config
+    from moesif_otel.exporter import USER_AGENT
+    from moesif_otel.middleware import capture_options
+    from moesif_otel.transport import HttpTransport
+
+    def transport() -> HttpTransport:
+        return HttpTransport(settings.collector_uri, settings.application_id, user_agent=USER_AGENT)
+
+    return capture_options(
+        settings, shared_config(settings.collector_uri, settings.application_id, transport)
+    )
+
+
+def _without_hooks(environ: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in environ.items() if k not in _HOOK_VARIABLES}
+
+
+def _disabled() -> set[str]:
+    return {n.strip() for n in os.environ.get(OTEL_PYTHON_DISABLED_INSTRUMENTATIONS, "").split(",")}
+
+
+def _batch_defaults(settings: Settings, environ: Any) -> None:
+    """The Moesif batching settings, as defaults of the SDK's BatchSpanProcessor."""
+    environ.setdefault(OTEL_BSP_SCHEDULE_DELAY, str(max(1, round(settings.event_batch_timeout * 1000))))
+    environ.setdefault(OTEL_BSP_MAX_QUEUE_SIZE, str(settings.event_queue_size))
+    try:
+        queue = int(environ[OTEL_BSP_MAX_QUEUE_SIZE])
+    except ValueError:
+        queue = settings.event_queue_size
+    # the SDK refuses a batch larger than its queue
+    environ.setdefault(OTEL_BSP_MAX_EXPORT_BATCH_SIZE, str(max(1, min(settings.batch_size, queue))))
+
+
+def _configurator_will_run() -> bool:
+    """Whether ``opentelemetry-instrument`` will find a configurator to set the SDK up."""
+    wanted = os.environ.get(OTEL_PYTHON_CONFIGURATOR)
+    return any(wanted is None or ep.name == wanted for ep in entry_points(group="opentelemetry_configurator"))
