@@ -31,7 +31,7 @@ from datetime import timezone
 
 from moesif_otel.transport import HttpTransport, Response, TransportError
 
-__all__ = ["Delivery", "parse_retry_after"]
+__all__ = ["Delivery", "OnDone", "parse_retry_after"]
 
 _log = logging.getLogger("moesif_otel.delivery")
 
@@ -49,6 +49,12 @@ _COUNTERS = (
     "dropped_retry_exhausted",
     "dropped_shutdown",
 )
+
+OnDone = Callable[[str, Response | None], None]
+"""``on_done(outcome, response)``: called once per submit with the final outcome, one of "sent",
+"rejected", "retry_exhausted", "queue_full", "shutdown" (or "error"), and the collector's last
+answer (None when there was none). Runs on a worker thread (on the submitting thread when the
+payload is refused at the door), so it must be quick and must not block."""
 
 _REJECT_REASONS = {
     400: "the collector rejected the batch",
@@ -104,6 +110,8 @@ class _Batch:
     first_attempt: float | None = None
     attempts: int = 0
     abandoned: bool = False  # counted as dropped by shutdown while a worker still held it
+    on_done: OnDone | None = None
+    done: bool = False  # on_done already called (guarded by Delivery._lock)
 
 
 def _reinit_after_fork(ref: weakref.ref[Delivery]) -> None:
@@ -164,11 +172,22 @@ class Delivery:
     # -- public API ----------------------------------------------------------------------------
 
     def submit(
-        self, path: str, payload: bytes, *, count: int, headers: Mapping[str, str] | None = None
+        self,
+        path: str,
+        payload: bytes,
+        *,
+        count: int,
+        headers: Mapping[str, str] | None = None,
+        on_done: OnDone | None = None,
     ) -> bool:
-        """Queue one payload of ``count`` events; never blocks, never raises. False when dropped."""
+        """Queue one payload of ``count`` events; never blocks, never raises. False when dropped.
+
+        ``on_done`` (see :data:`OnDone`) lets a caller learn the outcome of this one payload; it is
+        called exactly once, also when the payload is refused (before ``submit`` returns False).
+        """
+        cause = "error"
         try:
-            batch = _Batch(path, payload, count, dict(headers) if headers else None)
+            batch = _Batch(path, payload, count, dict(headers) if headers else None, on_done=on_done)
             start_error: BaseException | None = None
             with self._lock:
                 if self._closed:
@@ -186,7 +205,10 @@ class Delivery:
                     cause = ""
         except Exception as exc:
             self._warn_once("submit", "Moesif delivery could not queue a payload: %r", exc)
+            self._call_on_done(on_done, cause, None)
             return False
+        if cause:
+            self._call_on_done(on_done, cause, None)
         if start_error is not None:
             self._warn_once("start", "Moesif delivery could not start its threads: %r", start_error)
         if cause == "queue_full":
@@ -241,8 +263,13 @@ class Delivery:
                 self._counters["in_flight"] -= dropped
                 self._work.notify_all()
                 self._idle.notify_all()
+                leftovers = [b for b in leftovers if self._claim(b)]
+            else:
+                leftovers = []
             current = threading.current_thread()
             threads = [t for t in self._threads if t is not current]
+        for batch in leftovers:
+            self._call_on_done(batch.on_done, "shutdown", None)
         if dropped:
             self._warn_once(
                 "shutdown",
@@ -375,6 +402,13 @@ class Delivery:
         # still get the one warning that says why its events were dropped.
         self._log_outcome(batch, outcome, status, failure, response)
         self._maybe_log_stats()
+        if outcome != "retry" and batch.on_done is not None:
+            # Before the batch stops being pending, so that flush() returning implies on_done ran.
+            with self._lock:
+                claimed = self._claim(batch)
+            if claimed:
+                final = "retry_exhausted" if outcome == "exhausted" else outcome
+                self._call_on_done(batch.on_done, final, response)
         count = batch.count
         with self._lock:
             self._in_flight.discard(batch)
@@ -402,6 +436,21 @@ class Delivery:
                 counters["dropped_retry_exhausted"] += count
             counters["in_flight"] -= count
             self._idle.notify_all()
+
+    def _claim(self, batch: _Batch) -> bool:
+        """True once per batch with an ``on_done`` (called with the lock held)."""
+        if batch.on_done is None or batch.done:
+            return False
+        batch.done = True
+        return True
+
+    def _call_on_done(self, on_done: OnDone | None, outcome: str, response: Response | None) -> None:
+        if on_done is None:
+            return
+        try:
+            on_done(outcome, response)
+        except Exception as exc:
+            self._warn_once("on_done", "Moesif on_done callback raised %r (ignored)", exc)
 
     def _backoff(self, attempts: int) -> float:
         """Exponential with "equal jitter": spreads workers and processes, keeps a floor."""
