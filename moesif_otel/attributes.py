@@ -25,7 +25,8 @@ HTTP_RESPONSE_BODY_SIZE = "http.response.body.size"
 # headers a user opted into. Moesif wants every header; one attribute per header would run into the
 # SDK's attribute-count limit (128 by default, oldest evicted first) on a request with many headers
 # and evict the attributes the event is built from. So capture records each complete header map as
-# one JSON attribute (``moesif.request.headers``); the converter also reads the per-header form.
+# one string attribute (``moesif.request.headers``, ``name:value`` lines); the converter also reads
+# the per-header form.
 HTTP_REQUEST_HEADER_PREFIX = "http.request.header."
 HTTP_RESPONSE_HEADER_PREFIX = "http.response.header."
 
@@ -50,8 +51,8 @@ MOESIF_DIRECTION = "moesif.direction"  # "Incoming" | "Outgoing"
 MOESIF_REQUEST_TIME = "moesif.request.time"  # int, ns since epoch
 MOESIF_RESPONSE_TIME = "moesif.response.time"  # int, ns since epoch (response complete)
 MOESIF_REQUEST_URI = "moesif.request.uri"
-MOESIF_REQUEST_HEADERS = "moesif.request.headers"  # str: JSON object, lower-case names, ", " joined
-MOESIF_RESPONSE_HEADERS = "moesif.response.headers"  # str: JSON object
+MOESIF_REQUEST_HEADERS = "moesif.request.headers"  # str: "name:value" lines, lower-case names
+MOESIF_RESPONSE_HEADERS = "moesif.response.headers"  # str: as above
 MOESIF_REQUEST_IP = "moesif.request.ip_address"
 MOESIF_API_VERSION = "moesif.api_version"
 MOESIF_REQUEST_BODY_TRUNCATED = "moesif.request.body.truncated"  # bool

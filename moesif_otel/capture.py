@@ -15,10 +15,11 @@ what ends the span.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
+import random
 import time
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -237,7 +238,18 @@ class Exchange:
             await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
         self.response_end_ns = time.time_ns()
         await self.finish()
-        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+        await self._close_response()
+
+    async def _close_response(self) -> None:
+        """Send the closing message from an empty context.
+
+        The client may have sent its next request on this connection while the hooks ran; the
+        server starts it from inside this call, and a task inherits the caller's context: it would
+        run under this request's span (and any other context variable of this request).
+        """
+        closing = self._send({"type": "http.response.body", "body": b"", "more_body": False})
+        task = contextvars.Context().run(asyncio.get_running_loop().create_task, closing)
+        await task
 
     # -- completion -------------------------------------------------------------------------------
 
@@ -396,7 +408,16 @@ def _transaction_id(scope: Scope) -> str:
             if text and len(text) <= _MAX_TRANSACTION_ID and text.isprintable():
                 return text
             break
-    return str(uuid.uuid4())
+    return new_transaction_id()
+
+
+def new_transaction_id() -> str:
+    """A random (version 4) UUID. ``uuid.uuid4()`` reads os.urandom, which releases the GIL: on a
+    busy event loop every such call can wait out a background thread's switch interval. These ids
+    are deduplication keys, not secrets; ``random`` is reseeded in forked children."""
+    n = (random.getrandbits(128) & ~(0xF000 << 64) & ~(0xC000 << 48)) | (0x4000 << 64) | (0x8000 << 48)
+    h = f"{n:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def request_headers(scope: Scope) -> dict[str, str]:
@@ -409,23 +430,25 @@ def request_headers(scope: Scope) -> dict[str, str]:
     return headers
 
 
-def flat_headers(raw: Any, transaction_id: str | None) -> tuple[str, ...]:
-    """Headers as a flat (name, value, name, value, ...) tuple: a valid attribute, no serialisation.
+def flat_headers(raw: Any, transaction_id: str | None) -> str:
+    """Headers as one ``name:value`` line each: one string attribute, cheap to set and to check.
 
-    Names are lower-cased; the exporter joins repeated ones. The transaction id, when given,
-    replaces any incoming value so that both header maps carry the same id as the event.
+    One attribute per header would cost the SDK's per-value validation on every request and run
+    into its attribute-count limit. Names are lower-cased; the exporter joins repeated ones. The
+    transaction id, when given, replaces any incoming value so both header maps carry the event's.
     """
-    flat: list[str] = []
+    lines: list[str] = []
     for name, value in raw:
         key = name.decode("latin-1").lower()
         if transaction_id is not None and key == "x-moesif-transaction-id":
             continue
-        flat.append(key)
-        flat.append(value.decode("latin-1"))
+        text = value.decode("latin-1")
+        if "\n" in text:  # servers reject these; a hand-built scope might not
+            text = text.replace("\r", " ").replace("\n", " ")
+        lines.append(f"{key}:{text}")
     if transaction_id is not None:
-        flat.append("x-moesif-transaction-id")
-        flat.append(transaction_id)
-    return tuple(flat)
+        lines.append(f"x-moesif-transaction-id:{transaction_id}")
+    return "\n".join(lines)
 
 
 def request_uri(scope: Scope) -> str:

@@ -8,7 +8,7 @@ conventions, old and stable, so they still become events — without bodies.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -51,13 +51,13 @@ def format_time(ns: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def header_map(flat: Sequence[str] | None) -> dict[str, str]:
-    """Flat (name, value, ...) pairs → lower-case names, repeated values joined with ', '."""
+def header_map(text: str | None) -> dict[str, str]:
+    """``name:value`` lines (see ``capture.flat_headers``) → names to values, repeats joined by ', '."""
     result: dict[str, str] = {}
-    if not flat:
+    if not text:
         return result
-    for i in range(0, len(flat) - 1, 2):
-        name, value = flat[i].lower(), flat[i + 1]
+    for line in text.split("\n"):
+        name, _, value = line.partition(":")
         result[name] = f"{result[name]}, {value}" if name in result else value
     return result
 

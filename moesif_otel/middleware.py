@@ -97,3 +97,61 @@ class MoesifMiddleware:
     def stats(self) -> dict[str, int]:
         """Counters: events queued, sent, retried and dropped (by cause)."""
         return self.pipeline.stats()
+
+    # -- profiles: users, companies, subscriptions (moesif_otel.profiles) -------------------------
+    # moesifasgi's update_* methods plus the subscription ones and awaitable forms. They validate,
+    # serialise and enqueue on the caller's thread (bad input raises here); the upload goes through
+    # this middleware's delivery, so flush() and shutdown deliver profile updates with the events.
+
+    @property
+    def profiles(self) -> Any:
+        """The :class:`~moesif_otel.profiles.ProfilesClient` sharing this middleware's delivery."""
+        client = self.__dict__.get("_profiles")
+        if client is None:
+            from moesif_otel.profiles import ProfilesClient
+
+            new = ProfilesClient(self.settings, self.pipeline.exporter.delivery)
+            client = self.__dict__.setdefault("_profiles", new)
+        return client
+
+    def update_user(self, user: Any) -> bool:
+        """Queue a user profile update (UserModel, dict or JSON string; ``user_id`` required)."""
+        return self.profiles.update_user(user)
+
+    def update_users_batch(self, users: Any) -> bool:
+        return self.profiles.update_users_batch(users)
+
+    def update_company(self, company: Any) -> bool:
+        """Queue a company profile update (CompanyModel, dict or JSON string; ``company_id`` required)."""
+        return self.profiles.update_company(company)
+
+    def update_companies_batch(self, companies: Any) -> bool:
+        return self.profiles.update_companies_batch(companies)
+
+    def update_subscription(self, subscription: Any) -> bool:
+        """Queue a subscription update (``subscription_id``, ``company_id``, ``status`` required)."""
+        return self.profiles.update_subscription(subscription)
+
+    def update_subscriptions_batch(self, subscriptions: Any) -> bool:
+        return self.profiles.update_subscriptions_batch(subscriptions)
+
+    async def update_user_async(self, user: Any) -> None:
+        """Returns once the collector accepted the update; raises ProfileUpdateError otherwise."""
+        await self.profiles.update_user_async(user)
+
+    async def update_users_batch_async(self, users: Any) -> None:
+        await self.profiles.update_users_batch_async(users)
+
+    async def update_company_async(self, company: Any) -> None:
+        await self.profiles.update_company_async(company)
+
+    async def update_companies_batch_async(self, companies: Any) -> None:
+        await self.profiles.update_companies_batch_async(companies)
+
+    async def update_subscription_async(self, subscription: Any) -> None:
+        await self.profiles.update_subscription_async(subscription)
+
+    async def update_subscriptions_batch_async(self, subscriptions: Any) -> None:
+        await self.profiles.update_subscriptions_batch_async(subscriptions)
+
+    # -- end of profiles -------------------------------------------------------------------------

@@ -253,3 +253,20 @@ def test_stats_and_flush_api(collector: Collector) -> None:
         assert collector.event_count == 1
         stats = middleware.stats()
     assert stats["sent"] == 1 and stats["spans_queued"] == 1 and stats["dropped_queue_full"] == 0
+
+
+def test_keep_alive_requests_get_their_own_traces(collector: Collector) -> None:
+    # The closing message goes out after the hooks; a client on a kept-alive connection may send
+    # its next request meanwhile, and that request must not inherit this one's span.
+    settings = settings_for(collector, IDENTIFY_USER=lambda req, res: "u")
+    with serve(make_app(settings)) as base, httpx.Client(base_url=base) as client:
+        given = [f"{n:032x}" for n in range(1, 101)]
+        for n, trace_id in enumerate(given):
+            headers = {"traceparent": f"00-{trace_id}-00000000000000aa-01"} if n % 2 else {}
+            assert client.get(f"/items/{n}", headers=headers).status_code == 200
+        events = collector.wait_for_events(100)
+    trace_ids = [
+        e["trace_id"] for e in sorted(events, key=lambda e: int(e["request"]["uri"].rsplit("/", 1)[1]))
+    ]
+    assert len(set(trace_ids)) == 100
+    assert all(trace_ids[n] == given[n] for n in range(1, 100, 2))  # a propagated parent is honoured
