@@ -20,6 +20,7 @@ from moesif_otel.capture import ASGIApp, CaptureOptions, HttpCapture, Message, R
 from moesif_otel.config_sync import ConfigSync
 from moesif_otel.hooks import make_hook
 from moesif_otel.pipeline import Pipeline
+from moesif_otel.profiles import ProfilesClient, set_middleware_client
 from moesif_otel.settings import Settings
 
 
@@ -64,6 +65,10 @@ class MoesifMiddleware:
             meter_provider=NoOpMeterProvider(),
             exclude_spans=["receive", "send"],
         )
+        # users, companies, subscriptions go through this middleware's delivery; the module-level
+        # functions (app.add_middleware gives no handle) follow the latest middleware
+        self._profiles = ProfilesClient(self.settings, self.pipeline.exporter.delivery)
+        set_middleware_client(self._profiles)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -104,15 +109,9 @@ class MoesifMiddleware:
     # this middleware's delivery, so flush() and shutdown deliver profile updates with the events.
 
     @property
-    def profiles(self) -> Any:
+    def profiles(self) -> ProfilesClient:
         """The :class:`~moesif_otel.profiles.ProfilesClient` sharing this middleware's delivery."""
-        client = self.__dict__.get("_profiles")
-        if client is None:
-            from moesif_otel.profiles import ProfilesClient
-
-            new = ProfilesClient(self.settings, self.pipeline.exporter.delivery)
-            client = self.__dict__.setdefault("_profiles", new)
-        return client
+        return self._profiles
 
     def update_user(self, user: Any) -> bool:
         """Queue a user profile update (UserModel, dict or JSON string; ``user_id`` required)."""

@@ -119,6 +119,7 @@ class Settings:
         settings = dict(settings or {})
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
+        names: dict[str, str] = {}  # how errors name each key: as given, or its variable
         for key in settings:
             if not isinstance(key, str) or key not in _KEYS:
                 _warn_unknown(key)
@@ -127,17 +128,17 @@ class Settings:
             if key in settings:
                 value = _coerce(key, f.metadata["kind"], settings[key], source=f"setting {key!r}")
             elif ENV_PREFIX + key in environ:
-                env_key = ENV_PREFIX + key
+                env_key = names[key] = ENV_PREFIX + key
                 value = _from_env(key, f.metadata["kind"], environ[env_key], source=f"variable {env_key}")
             else:
                 continue
             if value is not None or f.default is None:
                 values[f.name] = value
         result = cls(**values)
-        result._check()
+        result._check(names)
         return result
 
-    def _check(self) -> None:
+    def _check(self, names: Mapping[str, str]) -> None:
         if not self.application_id:
             raise ConfigurationError(
                 "APPLICATION_ID is required: set it in the settings dict or in MOESIF_APPLICATION_ID "
@@ -150,15 +151,18 @@ class Settings:
             ("MAX_BODY_SIZE", self.max_body_size, 0),
         ):
             if value < low:
-                raise ConfigurationError(f"{key} must be >= {low}, got {value!r}")
+                raise ConfigurationError(f"{names.get(key, key)} must be >= {low}, got {value!r}")
         for key, value in (
             ("EVENT_BATCH_TIMEOUT", self.event_batch_timeout),
             ("SHUTDOWN_TIMEOUT", self.shutdown_timeout),
         ):
             if value <= 0:
-                raise ConfigurationError(f"{key} must be a positive number of seconds, got {value!r}")
+                raise ConfigurationError(
+                    f"{names.get(key, key)} must be a positive number of seconds, got {value!r}"
+                )
         if not self.base_uri.startswith(("http://", "https://")):
-            raise ConfigurationError(f"BASE_URI must be an http(s) URL, got {self.base_uri!r}")
+            name = names.get("BASE_URI", "BASE_URI")
+            raise ConfigurationError(f"{name} must be an http(s) URL, got {self.base_uri!r}")
 
     # -- derived ---------------------------------------------------------------------------------
 

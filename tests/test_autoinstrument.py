@@ -263,9 +263,6 @@ def test_without_the_moesif_exporter_no_bodies_are_captured(collector: Collector
     assert collector.event_count == 0
 
 
-@pytest.mark.xfail(
-    strict=True, reason="MoesifMiddleware adds a second Moesif exporter; see the report's diff"
-)
 def test_moesif_middleware_under_opentelemetry_instrument_one_event_per_request(collector: Collector) -> None:
     # every server span of an HTTP request becomes an event: a duplicate span would be a duplicate event
     with instrumented("tests.moesif_app:app", moesif_env(collector)) as server:

@@ -152,9 +152,6 @@ def test_moesif_middleware_on_an_instrumented_app_one_span_and_one_event(collect
     assert echo["transaction_id"] == echo["response"]["headers"]["x-moesif-transaction-id"]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="MoesifMiddleware adds a second Moesif exporter; see the report's diff"
-)
 def test_moesif_middleware_on_a_provider_that_already_exports_to_moesif(collector: Collector) -> None:
     provider = TracerProvider()
     exporter = MoesifSpanExporter(application_id="pipeline-app-id", base_uri=collector.url)

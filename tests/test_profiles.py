@@ -297,11 +297,6 @@ def test_module_api_uses_the_middleware_client_unless_configured(collector: Coll
         middleware.pipeline.shutdown()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs MoesifMiddleware.__init__ to call profiles.set_middleware_client(self.profiles); "
-    "see the issue-8 report",
-)
 def test_module_api_follows_the_latest_middleware(collector: Collector) -> None:
     middleware = MoesifMiddleware(FastAPI(), settings_for(collector))
     try:
