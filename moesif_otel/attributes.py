@@ -59,6 +59,10 @@ MOESIF_REQUEST_BODY_TRUNCATED = "moesif.request.body.truncated"  # bool
 MOESIF_RESPONSE_BODY_TRUNCATED = "moesif.response.body.truncated"  # bool
 MOESIF_REQUEST_BODY_OMITTED = "moesif.request.body.omitted"  # str: why no body (e.g. "multipart")
 MOESIF_RESPONSE_BODY_OMITTED = "moesif.response.body.omitted"
+# bool: the body bytes are already decoded although a Content-Encoding header is present
+# (HTTP clients such as requests hand over decompressed bytes and keep the header)
+MOESIF_REQUEST_BODY_DECODED = "moesif.request.body.decoded"
+MOESIF_RESPONSE_BODY_DECODED = "moesif.response.body.decoded"
 MOESIF_COMPANY_ID = "moesif.company_id"
 MOESIF_SESSION_TOKEN = "moesif.session_token"
 MOESIF_METADATA = "moesif.metadata"  # str: JSON object

@@ -69,6 +69,16 @@ def encode_body(
     ``raw`` is what was captured (at most the capture limit), ``total_size`` the real size of the
     body on the wire (None: ``len(raw)``). ``max_size`` bounds the body after content decoding.
     """
+    if (
+        not content_encoding
+        and isinstance(raw, (bytes, bytearray))
+        and content_type in _PLAIN_JSON_TYPES
+        and (total_size is None or total_size <= len(raw))
+        and 0 < len(raw) <= max_size
+    ):  # the common case, without the general path's header parsing
+        value = _parse_json(raw)
+        if value is not _INVALID:
+            return EncodedBody(value, "json")
     try:
         return _encode(raw, content_type, content_encoding, total_size, max_size)
     except Exception as exc:  # the rules below handle bad input; this is the last line of defence
@@ -186,6 +196,11 @@ def _parse_header_params(value: str) -> tuple[str, dict[str, str]]:
 
 def _parse_codings(value: str) -> list[str]:
     return [c for c in (part.strip().lower() for part in value.split(",")) if c and c != "identity"]
+
+
+_PLAIN_JSON_TYPES = frozenset(
+    ("application/json", "application/json; charset=utf-8", "application/json;charset=utf-8")
+)
 
 
 def _is_json_media(media: str) -> bool:

@@ -49,6 +49,8 @@ class ConfigSync:
         self._rules_raw: Any = None
         self._logged: set[str] = set()
         self.fetches = 0
+        self._users = 0  # exporters sharing this fetcher (see shared_config / release)
+        self._key: tuple[str, str] | None = None
         self._init_thread_state()
         ref = weakref.ref(self)
         if hasattr(os, "register_at_fork"):
@@ -93,6 +95,16 @@ class ConfigSync:
         with self._lock:
             self._stopped = True
             self._wake.notify()
+
+    def release(self) -> None:
+        """One user (an exporter) is done; the last one stops the fetcher thread."""
+        with _shared_lock:
+            self._users -= 1
+            if self._users > 0:
+                return
+            if self._key is not None and _shared.get(self._key) is self:
+                del _shared[self._key]
+        self.stop()
 
     # -- the fetcher thread -----------------------------------------------------------------------
 
@@ -188,4 +200,6 @@ def shared_config(
         sync = _shared.get(key)
         if sync is None:
             sync = _shared[key] = ConfigSync(factory)
+            sync._key = key
+        sync._users += 1
         return sync

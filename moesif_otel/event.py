@@ -1,16 +1,20 @@
-"""Finished span → Moesif ``EventModel``, on the exporter's thread.
+"""Finished span → Moesif event, on the exporter's thread.
+
+The event is built as the JSON document the collector receives: that is all most exports need,
+and it costs a fraction of building moesifapi models. ``MASK_EVENT_MODEL`` hooks receive an
+``EventModel`` (:func:`to_event_model`) and the result is turned back (:func:`from_event_model`).
 
 Spans prepared by capture carry everything under the names of :mod:`moesif_otel.attributes`.
-Plain OTel HTTP spans (an existing pipeline without capture) are mapped from the semantic
+Plain OTel HTTP server spans (an existing pipeline without capture) are mapped from the semantic
 conventions, old and stable, so they still become events — without bodies.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from moesifapi.models import EventModel, EventRequestModel, EventResponseModel
@@ -18,11 +22,12 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
 from moesif_otel import attributes as A
-from moesif_otel.body import encode_body
+from moesif_otel.body import EncodedBody, encode_body
 from moesif_otel.identity import client_ip, user_id_from_authorization
 
 _METHOD_KEYS = (A.HTTP_REQUEST_METHOD, A.OLD_HTTP_METHOD)
 _STATUS_KEYS = (A.HTTP_RESPONSE_STATUS_CODE, A.OLD_HTTP_STATUS_CODE)
+_MIN_BODY_LIMIT = 1_048_576  # decoded bodies may grow past the capture cap; the event limit bounds them
 
 
 @dataclass(frozen=True)
@@ -31,24 +36,38 @@ class EventOptions:
     authorization_header_names: tuple[str, ...] = ("authorization",)
     authorization_user_id_field: str = "sub"
     max_body_size: int = 131_072
+    # CLIENT spans that capture did not prepare (e.g. requests instrumented by opentelemetry-instrument)
+    # are calls the user did not ask to capture unless CAPTURE_OUTGOING_REQUESTS is on.
+    plain_client_spans: bool = False
 
 
-def is_api_call(span: ReadableSpan) -> bool:
-    """Cheap filter: an HTTP server or client span that was not SKIPped."""
+def is_api_call(span: ReadableSpan, options: EventOptions | None = None) -> bool:
+    """Cheap filter: an HTTP server (or wanted client) span that was not SKIPped or sampled out."""
     attrs = span.attributes or {}
     if attrs.get(A.MOESIF_SKIP):
         return False
     if attrs.get(A.MOESIF_CAPTURED):
         return True
-    if span.kind not in (SpanKind.SERVER, SpanKind.CLIENT):
+    if span.kind == SpanKind.CLIENT:
+        if options is None or not options.plain_client_spans:
+            return False
+    elif span.kind != SpanKind.SERVER:
         return False
     return any(key in attrs for key in _METHOD_KEYS)
 
 
+_second_cache: tuple[int, str] = (-1, "")
+
+
 def format_time(ns: int) -> str:
-    """UTC ISO-8601 with milliseconds, as Moesif's docs show it."""
-    moment = datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """UTC ISO-8601 with milliseconds, as Moesif's docs show it (the second's text is reused)."""
+    global _second_cache
+    seconds, rest = divmod(ns, 1_000_000_000)
+    cached_second, prefix = _second_cache
+    if seconds != cached_second:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _second_cache = (seconds, prefix)
+    return f"{prefix}.{rest // 1_000_000:03d}Z"
 
 
 def header_map(text: str | None) -> dict[str, str]:
@@ -95,31 +114,42 @@ def _semconv_uri(attrs: Mapping[str, Any]) -> str:
     return f"{scheme}://{host}{target}"
 
 
-def _body(attrs: Mapping[str, Any], content: str, size: str, headers: Mapping[str, str], limit: int) -> Any:
+def _body(
+    attrs: Mapping[str, Any], content: str, size: str, decoded: str, headers: Mapping[str, str], limit: int
+) -> EncodedBody | None:
     raw = attrs.get(content)
     if raw is None:
         return None
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogatepass")
     return encode_body(
-        bytes(raw),
+        raw,
         content_type=headers.get("content-type"),
-        content_encoding=headers.get("content-encoding"),
+        # a client library may hand over bytes it already decompressed, header still in place
+        content_encoding=None if attrs.get(decoded) else headers.get("content-encoding"),
         total_size=attrs.get(size),
-        max_size=max(limit, 1_048_576),
+        max_size=max(limit, _MIN_BODY_LIMIT),
     )
 
 
-def span_to_event(span: ReadableSpan, options: EventOptions) -> EventModel:
+def _put_body(part: dict[str, Any], encoded: EncodedBody | None) -> None:
+    if encoded is not None and encoded.body is not None:
+        part["body"] = encoded.body
+        part["transfer_encoding"] = encoded.transfer_encoding
+
+
+def event_document(span: ReadableSpan, options: EventOptions) -> dict[str, Any]:
+    """The event as the collector receives it (absent fields left out, not null)."""
     attrs: Mapping[str, Any] = span.attributes or {}
-    captured = bool(attrs.get(A.MOESIF_CAPTURED))
-    if captured:
+    if attrs.get(A.MOESIF_CAPTURED):
         request_headers = header_map(attrs.get(A.MOESIF_REQUEST_HEADERS))
         response_headers = header_map(attrs.get(A.MOESIF_RESPONSE_HEADERS))
         uri = attrs.get(A.MOESIF_REQUEST_URI) or _semconv_uri(attrs)
         start_ns = attrs.get(A.MOESIF_REQUEST_TIME) or span.start_time or 0
         end_ns = attrs.get(A.MOESIF_RESPONSE_TIME) or span.end_time or start_ns
-        direction = attrs.get(A.MOESIF_DIRECTION) or "Incoming"
+        direction = attrs.get(A.MOESIF_DIRECTION) or (
+            "Outgoing" if span.kind == SpanKind.CLIENT else "Incoming"
+        )
     else:
         request_headers = _semconv_headers(attrs, A.HTTP_REQUEST_HEADER_PREFIX)
         response_headers = _semconv_headers(attrs, A.HTTP_RESPONSE_HEADER_PREFIX)
@@ -127,52 +157,72 @@ def span_to_event(span: ReadableSpan, options: EventOptions) -> EventModel:
         start_ns = span.start_time or 0
         end_ns = span.end_time or start_ns
         direction = "Outgoing" if span.kind == SpanKind.CLIENT else "Incoming"
+    incoming = direction == "Incoming"
+
+    request: dict[str, Any] = {
+        "time": format_time(start_ns),
+        "uri": str(uri),
+        "verb": str(_first(attrs, _METHOD_KEYS) or "GET"),
+        "headers": request_headers,
+    }
+    if options.api_version is not None:
+        request["api_version"] = options.api_version
+    if incoming:
+        peer = attrs.get(A.CLIENT_ADDRESS) or attrs.get(A.OLD_NET_PEER_IP)
+        ip = client_ip(request_headers, str(peer) if peer else None)
+        if ip is not None:
+            request["ip_address"] = ip
+    status = _first(attrs, _STATUS_KEYS)
+    response: dict[str, Any] = {
+        "time": format_time(max(end_ns, start_ns)),
+        "status": int(status) if status is not None else 0,
+        "headers": response_headers,
+    }
 
     notes: dict[str, str] = {}
     request_body = _body(
-        attrs, A.HTTP_REQUEST_BODY_CONTENT, A.HTTP_REQUEST_BODY_SIZE, request_headers, options.max_body_size
+        attrs,
+        A.HTTP_REQUEST_BODY_CONTENT,
+        A.HTTP_REQUEST_BODY_SIZE,
+        A.MOESIF_REQUEST_BODY_DECODED,
+        request_headers,
+        options.max_body_size,
     )
     response_body = _body(
         attrs,
         A.HTTP_RESPONSE_BODY_CONTENT,
         A.HTTP_RESPONSE_BODY_SIZE,
+        A.MOESIF_RESPONSE_BODY_DECODED,
         response_headers,
         options.max_body_size,
     )
+    _put_body(request, request_body)
+    _put_body(response, response_body)
     if request_body is not None and request_body.note:
         notes["request_body"] = request_body.note
+    elif attrs.get(A.MOESIF_REQUEST_BODY_OMITTED):
+        notes["request_body"] = str(attrs[A.MOESIF_REQUEST_BODY_OMITTED])
     elif attrs.get(A.MOESIF_REQUEST_BODY_TRUNCATED):
         notes["request_body"] = "partial: the app did not read the whole body"
     if response_body is not None and response_body.note:
         notes["response_body"] = response_body.note
+    elif attrs.get(A.MOESIF_RESPONSE_BODY_OMITTED):
+        notes["response_body"] = str(attrs[A.MOESIF_RESPONSE_BODY_OMITTED])
 
-    peer = attrs.get(A.CLIENT_ADDRESS) or attrs.get(A.OLD_NET_PEER_IP)
-    request = EventRequestModel(
-        time=format_time(start_ns),
-        uri=str(uri),
-        verb=str(_first(attrs, _METHOD_KEYS) or "GET"),
-        headers=request_headers,
-        api_version=options.api_version,
-        ip_address=client_ip(request_headers, str(peer) if peer else None)
-        if direction == "Incoming"
-        else None,
-        body=request_body.body if request_body else None,
-        transfer_encoding=request_body.transfer_encoding if request_body else None,
-    )
-    status = _first(attrs, _STATUS_KEYS)
-    response = EventResponseModel(
-        time=format_time(max(end_ns, start_ns)),
-        status=int(status) if status is not None else 0,
-        headers=response_headers,
-        body=response_body.body if response_body else None,
-        transfer_encoding=response_body.transfer_encoding if response_body else None,
-    )
-
+    event: dict[str, Any] = {"request": request, "response": response}
     user_id = attrs.get(A.USER_ID)
-    if user_id is None and direction == "Incoming":
+    if user_id is None and incoming:
         user_id = user_id_from_authorization(
             request_headers, options.authorization_header_names, options.authorization_user_id_field
         )
+    for key, value in (
+        ("user_id", user_id),
+        ("company_id", attrs.get(A.MOESIF_COMPANY_ID)),
+        ("session_token", attrs.get(A.MOESIF_SESSION_TOKEN)),
+    ):
+        if value is not None:
+            event[key] = value
+
     metadata: Any = None
     raw_metadata = attrs.get(A.MOESIF_METADATA)
     if raw_metadata:
@@ -184,16 +234,63 @@ def span_to_event(span: ReadableSpan, options: EventOptions) -> EventModel:
     if notes:
         metadata = dict(metadata) if isinstance(metadata, dict) else ({"value": metadata} if metadata else {})
         metadata["moesif_otel"] = notes
+    if metadata is not None:
+        event["metadata"] = metadata
 
+    event["direction"] = direction
+    event["weight"] = int(attrs.get(A.MOESIF_WEIGHT) or 1)
+    blocked_by = attrs.get(A.MOESIF_BLOCKED_BY)
+    if blocked_by is not None:
+        event["blocked_by"] = blocked_by
+    transaction_id = attrs.get(A.MOESIF_TRANSACTION_ID)
+    if transaction_id is None:
+        from moesif_otel.capture import new_transaction_id
+
+        transaction_id = new_transaction_id()  # Moesif deduplicates by it: one per event
+    event["transaction_id"] = transaction_id
+    if span.context is not None and span.context.trace_id:
+        event["trace_id"] = format(span.context.trace_id, "032x")
+    return event
+
+
+# -- EventModel, for MASK_EVENT_MODEL -----------------------------------------------------------------
+
+_REQUEST_FIELDS = ("time", "uri", "verb", "headers", "api_version", "ip_address", "body", "transfer_encoding")
+_RESPONSE_FIELDS = ("time", "status", "headers", "body", "ip_address", "transfer_encoding")
+_EVENT_FIELDS = (
+    "session_token",
+    "tags",
+    "user_id",
+    "company_id",
+    "metadata",
+    "direction",
+    "weight",
+    "blocked_by",
+    "transaction_id",
+)
+
+
+def to_event_model(event: Mapping[str, Any]) -> EventModel:
+    """The ``EventModel`` users' MASK_EVENT_MODEL hooks expect, bodies already filled."""
+    request = event.get("request") or {}
+    response = event.get("response")
     return EventModel(
-        request=request,
-        response=response,
-        session_token=attrs.get(A.MOESIF_SESSION_TOKEN),
-        user_id=user_id,
-        company_id=attrs.get(A.MOESIF_COMPANY_ID),
-        metadata=metadata,
-        direction=direction,
-        weight=int(attrs.get(A.MOESIF_WEIGHT) or 1),
-        blocked_by=attrs.get(A.MOESIF_BLOCKED_BY),
-        transaction_id=attrs.get(A.MOESIF_TRANSACTION_ID),
+        request=EventRequestModel(**{k: request.get(k) for k in _REQUEST_FIELDS}),
+        response=EventResponseModel(**{k: response.get(k) for k in _RESPONSE_FIELDS}) if response else None,
+        **{k: event.get(k) for k in _EVENT_FIELDS},
     )
+
+
+def _compact(model: Any) -> dict[str, Any]:
+    return {k: v for k, v in model.to_dictionary().items() if v is not None}
+
+
+def from_event_model(model: EventModel, trace_id: str | None) -> dict[str, Any]:
+    """The document of a (masked) EventModel, nulls left out, the trace id kept."""
+    event = _compact(model)
+    event["request"] = _compact(model.request) if model.request is not None else {}
+    if model.response is not None:
+        event["response"] = _compact(model.response)
+    if trace_id:
+        event["trace_id"] = trace_id
+    return event

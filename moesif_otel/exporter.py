@@ -23,7 +23,13 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from moesif_otel._version import __version__
 from moesif_otel.config_sync import shared_config
 from moesif_otel.delivery import Delivery
-from moesif_otel.event import EventOptions, is_api_call, span_to_event
+from moesif_otel.event import (
+    EventOptions,
+    event_document,
+    from_event_model,
+    is_api_call,
+    to_event_model,
+)
 from moesif_otel.hooks import run_awaitable
 from moesif_otel.settings import Settings
 from moesif_otel.transport import HttpTransport
@@ -35,11 +41,6 @@ EVENTS_PATH = "/v1/events/batch"
 MAX_EVENT_BYTES = 1_000_000  # Moesif rejects events over 1 MB
 MAX_PAYLOAD_BYTES = 8_000_000  # uncompressed; far below the 50 MB batch limit
 _GZIP_LEVEL = 1  # most of the size win for a fraction of the CPU
-
-
-def _compact(model: Any) -> Any:
-    """``to_dictionary()`` without the nulls: smaller payloads, same meaning to Moesif."""
-    return {k: v for k, v in model.to_dictionary().items() if v is not None}
 
 
 class MoesifSpanExporter(SpanExporter):
@@ -66,6 +67,7 @@ class MoesifSpanExporter(SpanExporter):
             authorization_header_names=settings.authorization_header_names,
             authorization_user_id_field=settings.authorization_user_id_field,
             max_body_size=settings.max_body_size,
+            plain_client_spans=settings.capture_outgoing_requests,
         )
         self._mask = settings.mask_event_model
         self._lock = threading.Lock()
@@ -102,7 +104,7 @@ class MoesifSpanExporter(SpanExporter):
             return SpanExportResult.FAILURE
         encoded: list[bytes] = []
         for span in spans:
-            if not is_api_call(span):
+            if not is_api_call(span, self.options):
                 continue
             data = self._encode(span)
             if data is not None:
@@ -121,19 +123,23 @@ class MoesifSpanExporter(SpanExporter):
         self.exported += len(encoded)
         return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
 
+    def accepts(self, span: ReadableSpan) -> bool:
+        """Whether ``span`` becomes an event: processors use it to keep other spans out of queues."""
+        return is_api_call(span, self.options)
+
     def _encode(self, span: ReadableSpan) -> bytes | None:
         try:
-            event = span_to_event(span, self.options)
+            event = event_document(span, self.options)
+            if self._mask is not None:
+                model = self._apply_mask(to_event_model(event))
+                if model is None:
+                    return None
+                event = from_event_model(model, event.get("trace_id"))
         except Exception as exc:
             self.dropped_conversion += 1
             self._warn_once(f"convert:{type(exc).__name__}", "moesif_otel: could not build an event: %r", exc)
             return None
-        if self._mask is not None:
-            event = self._apply_mask(event)
-            if event is None:
-                return None
-        trace_id = span.context.trace_id if span.context is not None else 0
-        return self._serialize(event, trace_id)
+        return self._serialize(event)
 
     def _apply_mask(self, event: EventModel) -> EventModel | None:
         """MASK_EVENT_MODEL must not leak the unmasked event: any failure drops it."""
@@ -161,32 +167,24 @@ class MoesifSpanExporter(SpanExporter):
             return None
         return result
 
-    def _serialize(self, event: EventModel, trace_id: int) -> bytes | None:
-        def document() -> dict[str, Any]:
-            doc = _compact(event)
-            doc["request"] = _compact(event.request) if event.request is not None else {}
-            if event.response is not None:
-                doc["response"] = _compact(event.response)
-            if trace_id:
-                doc["trace_id"] = format(trace_id, "032x")
-            return doc
-
+    def _serialize(self, event: dict[str, Any]) -> bytes | None:
         try:
-            data = json.dumps(document(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            data = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
             if len(data) <= MAX_EVENT_BYTES:
                 return data
             # Over Moesif's limit: send the call without its bodies, and say so.
-            notes = {"request_body": "omitted: event over 1 MB", "response_body": "omitted: event over 1 MB"}
-            for part in (event.request, event.response):
-                if part is not None:
-                    part.body = None
-                    part.transfer_encoding = None
-            metadata = event.metadata if isinstance(event.metadata, dict) else {}
-            event.metadata = {**metadata, "moesif_otel": {**metadata.get("moesif_otel", {}), **notes}}
-            data = json.dumps(document(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            notes = {}
+            for side in ("request", "response"):
+                part = event.get(side)
+                if isinstance(part, dict) and part.pop("body", None) is not None:
+                    part.pop("transfer_encoding", None)
+                    notes[f"{side}_body"] = "omitted: event over 1 MB"
+            metadata = event.get("metadata") if isinstance(event.get("metadata"), dict) else {}
+            event["metadata"] = {**metadata, "moesif_otel": {**metadata.get("moesif_otel", {}), **notes}}
+            data = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
             if len(data) <= MAX_EVENT_BYTES:
                 return data
-        except (TypeError, ValueError) as exc:  # e.g. a mask hook put a datetime in the event
+        except (TypeError, ValueError, RecursionError) as exc:  # e.g. a mask hook put a datetime in it
             self.dropped_conversion += 1
             self._warn_once(
                 f"json:{type(exc).__name__}", "moesif_otel: event is not JSON serialisable: %s", exc
@@ -218,8 +216,12 @@ class MoesifSpanExporter(SpanExporter):
         if self._shutdown:
             return
         self._shutdown = True
-        timeout = self.settings.shutdown_timeout if timeout_millis is None else timeout_millis / 1000
+        # the SDK's batch processor offers up to 30 s; SHUTDOWN_TIMEOUT is the bound users set
+        timeout = self.settings.shutdown_timeout
+        if timeout_millis is not None:
+            timeout = min(timeout, timeout_millis / 1000)
         self.delivery.shutdown(timeout)
+        self.app_config.release()
 
     def stats(self) -> dict[str, int]:
         """Counters of this exporter and its delivery: what was sent, retried and dropped, by cause."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 import json
 import math
@@ -44,6 +45,7 @@ def user_id_from_authorization(
     stop the search: the next configured header is tried.
     """
     try:
+        headers = _lowered(headers)
         claim = (field if isinstance(field, str) else "").strip() or "sub"
         for name in _header_names(header_names):
             value = _header(headers, name)
@@ -58,6 +60,10 @@ def user_id_from_authorization(
 
 def client_ip(headers: Mapping[str, str], peer: str | None) -> str | None:
     """First valid IP from the proxy headers, else ``peer`` if it is a valid IP, else None."""
+    try:
+        headers = _lowered(headers)
+    except Exception:
+        headers = {}
     for name in CLIENT_IP_HEADERS:
         try:
             value = _header(headers, name)
@@ -82,13 +88,22 @@ def _header_names(names: Sequence[str] | str) -> list[str]:
     return out
 
 
+def _lowered(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """Names are meant to be lower-case already (they are, from capture); do not rely on it.
+
+    One pass here instead of a scan per looked-up name: nine names are looked up per event.
+    """
+    if all(isinstance(key, str) and key == key.strip().lower() for key in headers):
+        return headers
+    lowered: dict[str, str] = {}
+    for key, value in headers.items():
+        if isinstance(key, str):
+            lowered.setdefault(key.strip().lower(), value)
+    return lowered
+
+
 def _header(headers: Mapping[str, str], name: str) -> str | None:
     value = headers.get(name)
-    if value is None:  # names are meant to be lower-case already; do not rely on it
-        for key, candidate in headers.items():
-            if isinstance(key, str) and key.strip().lower() == name:
-                value = candidate
-                break
     if isinstance(value, bytes):
         value = value.decode("latin-1")
     elif isinstance(value, (list, tuple)):
@@ -193,6 +208,7 @@ def _first_ip(value: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)  # the same few peers and proxies, over and over
 def _parse_ip(token: str) -> str | None:
     """``ip``, ``ipv4:port``, ``[ipv6]``, ``[ipv6]:port`` or bare IPv6 -> the IP; anything else -> None."""
     text = token.strip().strip('"').strip()
