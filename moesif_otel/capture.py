@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 
 from moesif_otel import attributes as A
 from moesif_otel.appconfig import AppConfig, keep, weight_for
@@ -70,9 +71,12 @@ class CaptureOptions:
 class HttpCapture:
     """ASGI middleware: one :class:`Exchange` per HTTP request whose server span is recording."""
 
-    def __init__(self, app: ASGIApp, options: CaptureOptions) -> None:
+    def __init__(self, app: ASGIApp, options: CaptureOptions, *, owns_span: bool = False) -> None:
         self.app = app
         self.options = options
+        # True under moesif_otel's own ServerSpan: capture then writes the response side of the
+        # span (status, route, error) and ends it when the response completes
+        self.owns_span = owns_span
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or SCOPE_KEY in scope:
@@ -83,7 +87,7 @@ class HttpCapture:
             await self.app(scope, receive, send)
             return
         config = self.options.app_config() if self.options.app_config is not None else None
-        exchange = Exchange(self.options, scope, span, receive, send, config)
+        exchange = Exchange(self.options, scope, span, receive, send, config, self.owns_span)
         scope[SCOPE_KEY] = exchange
         try:
             if config is not None and config.has_rules:
@@ -122,10 +126,10 @@ class Exchange:
         "finished",
         "identified",
         "options",
+        "owns_span",
         "request_body",
         "request_complete",
         "request_size",
-        "request_start_ns",
         "response_body",
         "response_end_ns",
         "response_headers",
@@ -145,8 +149,8 @@ class Exchange:
         receive: Receive,
         send: Send,
         config: AppConfig | None = None,
+        owns_span: bool = False,
     ) -> None:
-        self.request_start_ns = time.time_ns()
         self.options = options
         self.scope = scope
         self.span = span
@@ -165,6 +169,7 @@ class Exchange:
         self.aborted = False
         self.transaction_id = _transaction_id(scope) if options.transaction_id else None
         self.config = config
+        self.owns_span = owns_span
         self._replay: list[Message] = []  # request messages read early (governance), for the app
         self.identified = False
         self.user_id: str | None = None
@@ -239,6 +244,8 @@ class Exchange:
         self.response_end_ns = time.time_ns()
         await self.finish()
         await self._close_response()
+        if self.owns_span:
+            self.span.end()  # the response is complete: background tasks are not part of it
 
     async def _close_response(self) -> None:
         """Send the closing message from an empty context.
@@ -363,29 +370,28 @@ class Exchange:
                 status = 500  # what the server answers for an unhandled exception
         elif self.response_headers is None or not self.response_end_ns or self.disconnected:
             self.aborted = self.response_headers is None or self.disconnected
+        # Kept to what the span lacks: its kind says Incoming, its start time is the request's,
+        # OTel's middleware records the peer address.
         attrs: dict[str, Any] = {
             A.MOESIF_CAPTURED: True,
-            A.MOESIF_DIRECTION: "Incoming",
-            A.MOESIF_REQUEST_TIME: self.request_start_ns,
             A.MOESIF_RESPONSE_TIME: self.response_end_ns or time.time_ns(),
             A.HTTP_REQUEST_METHOD: scope.get("method", "GET"),
             A.MOESIF_REQUEST_URI: request_uri(scope),
             A.MOESIF_REQUEST_HEADERS: flat_headers(scope.get("headers", ()), self.transaction_id),
             A.MOESIF_RESPONSE_HEADERS: flat_headers(self.response_headers or (), None),
-            A.HTTP_REQUEST_BODY_SIZE: self.request_size,
-            A.HTTP_RESPONSE_BODY_SIZE: self.response_size,
         }
         if status:
             attrs[A.HTTP_RESPONSE_STATUS_CODE] = status
-        client = scope.get("client")
-        if client:
-            attrs[A.CLIENT_ADDRESS] = str(client[0])
         if self.transaction_id is not None:
             attrs[A.MOESIF_TRANSACTION_ID] = self.transaction_id
+        if self.request_size:
+            attrs[A.HTTP_REQUEST_BODY_SIZE] = self.request_size
+        if self.response_size:
+            attrs[A.HTTP_RESPONSE_BODY_SIZE] = self.response_size
         if self.request_body:
-            attrs[A.HTTP_REQUEST_BODY_CONTENT] = bytes(self.request_body)
+            attrs[A.HTTP_REQUEST_BODY_CONTENT] = body_value(self.request_body)
         if self.response_body:
-            attrs[A.HTTP_RESPONSE_BODY_CONTENT] = bytes(self.response_body)
+            attrs[A.HTTP_RESPONSE_BODY_CONTENT] = body_value(self.response_body)
         if not self.request_complete and not self.disconnected and self.options.log_body and error is None:
             # the app did not read it all and the drain gave up: what we have is partial
             attrs[A.MOESIF_REQUEST_BODY_TRUNCATED] = True
@@ -395,10 +401,30 @@ class Exchange:
             attrs[A.MOESIF_ERROR] = type(error).__qualname__
         if hook_results:
             attrs.update(hook_results)
+        if self.owns_span:
+            self._response_semconv(attrs, status, error)
         try:
             self.span.set_attributes(attrs)
         except Exception:
             logger.exception("moesif_otel: could not record the exchange on its span")
+
+    def _response_semconv(self, attrs: dict[str, Any], status: int, error: BaseException | None) -> None:
+        """The response side of the span moesif_otel opened: route, name, error status."""
+        route = getattr(self.scope.get("route"), "path", None)
+        if isinstance(route, str) and route:
+            attrs[A.HTTP_ROUTE] = route
+            self.span.update_name(f"{getattr(self.span, 'name', 'HTTP')} {route}")  # "GET /items/{id}"
+        if error is not None or status >= 500:
+            attrs["error.type"] = type(error).__qualname__ if error is not None else str(status)
+            self.span.set_status(Status(StatusCode.ERROR))
+
+
+def body_value(captured: bytearray) -> str | bytes:
+    """Text when the bytes are UTF-8 (what every span exporter can carry), else the bytes."""
+    try:
+        return captured.decode("utf-8")
+    except UnicodeDecodeError:
+        return bytes(captured)
 
 
 def _transaction_id(scope: Scope) -> str:

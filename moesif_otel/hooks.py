@@ -64,6 +64,8 @@ class Hook:
     def _result(self, value: Any) -> Any:
         if value is None:
             return None
+        if type(value) is str and self.expected == "text":
+            return value or None
         checked = self._check(value)
         if checked is _MISSING:
             self.warn_once(
@@ -90,7 +92,7 @@ class Hook:
         """Call on the event loop; awaits an async hook."""
         try:
             value = self.fn(*args)
-            if inspect.isawaitable(value):
+            if type(value) is not str and inspect.isawaitable(value):
                 value = await value
         except Exception as exc:
             self._failed(exc)

@@ -1,8 +1,9 @@
 """MoesifMiddleware: the moesifasgi drop-in, built from OpenTelemetry parts.
 
 ``app.add_middleware(MoesifMiddleware, settings={...})`` or ``MoesifMiddleware(app, settings)``.
-Layers, outermost first: OTel's ASGI middleware (the server span, without its per-message
-receive/send spans: Moesif uses none of them), :class:`HttpCapture`, the application.
+Layers, outermost first: :class:`ServerSpan` (the request's SERVER span, see its module for why
+not OTel's ASGI middleware), :class:`HttpCapture`, the application. When the request already runs
+inside a server span (FastAPIInstrumentor, ``opentelemetry-instrument``), capture uses that one.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
-from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 
 from moesif_otel.capture import ASGIApp, CaptureOptions, HttpCapture, Message, Receive, Scope, Send
@@ -21,6 +20,7 @@ from moesif_otel.config_sync import ConfigSync
 from moesif_otel.hooks import make_hook
 from moesif_otel.pipeline import Pipeline
 from moesif_otel.profiles import ProfilesClient, set_middleware_client
+from moesif_otel.server_span import ServerSpan
 from moesif_otel.settings import Settings
 
 
@@ -58,13 +58,9 @@ class MoesifMiddleware:
             from moesif_otel.outgoing import enable_outgoing_capture
 
             enable_outgoing_capture(self.pipeline)
-        self._capture = HttpCapture(app, capture_options(self.settings, self.pipeline.exporter.app_config))
-        self._traced = OpenTelemetryMiddleware(
-            self._capture,
-            tracer_provider=self.pipeline.tracer_provider,
-            meter_provider=NoOpMeterProvider(),
-            exclude_spans=["receive", "send"],
-        )
+        options = capture_options(self.settings, self.pipeline.exporter.app_config)
+        self._capture = HttpCapture(app, options)  # onto a server span someone else opened
+        self._traced = ServerSpan(HttpCapture(app, options, owns_span=True), self.pipeline.tracer_provider)
         # users, companies, subscriptions go through this middleware's delivery; the module-level
         # functions (app.add_middleware gives no handle) follow the latest middleware
         self._profiles = ProfilesClient(self.settings, self.pipeline.exporter.delivery)

@@ -1,0 +1,98 @@
+"""The SERVER span MoesifMiddleware opens: spans are the subject, checked with InMemorySpanExporter."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import BackgroundTasks, FastAPI
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from moesif_otel import MoesifMiddleware
+from moesif_otel import attributes as A
+from moesif_otel.collector import Collector
+
+from .servers import serve
+
+
+@pytest.fixture
+def spans() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider, exporter
+    provider.shutdown()
+
+
+def make(collector: Collector, provider: TracerProvider, released: threading.Event) -> FastAPI:
+    app = FastAPI()
+    settings = {"APPLICATION_ID": "spans", "BASE_URI": collector.url, "EVENT_BATCH_TIMEOUT": 0.05}
+    app.add_middleware(MoesifMiddleware, settings=settings, tracer_provider=provider)
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: int, tasks: BackgroundTasks) -> dict[str, Any]:
+        tasks.add_task(asyncio.to_thread, released.wait, 5)  # runs after the response is sent
+        return {"id": item_id}
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("boom")
+
+    return app
+
+
+def test_one_server_span_per_request_with_http_semantic_conventions(
+    collector: Collector, spans: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    provider, exporter = spans
+    released = threading.Event()
+    trace_id = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+    with serve(make(collector, provider, released)) as base:
+        headers = {"traceparent": f"00-{trace_id:032x}-00f067aa0ba902b7-01", "user-agent": "span-test/1"}
+        assert httpx.get(f"{base}/items/7?full=1", headers=headers).status_code == 200
+        # the span ended with the response, while the background task still waits
+        [span] = exporter.get_finished_spans()
+        assert not released.is_set()
+        released.set()
+        port = int(base.rsplit(":", 1)[1])
+    assert span.kind == SpanKind.SERVER
+    assert span.name == "GET /items/{item_id}"
+    assert span.context.trace_id == trace_id
+    assert span.parent is not None and span.parent.span_id == 0x00F067AA0BA902B7 and span.parent.is_remote
+    attrs = dict(span.attributes)
+    for key, value in {
+        A.HTTP_REQUEST_METHOD: "GET",
+        A.URL_SCHEME: "http",
+        A.URL_PATH: "/items/7",
+        A.URL_QUERY: "full=1",
+        A.SERVER_ADDRESS: "127.0.0.1",
+        A.SERVER_PORT: port,
+        A.CLIENT_ADDRESS: "127.0.0.1",
+        "user_agent.original": "span-test/1",
+        "network.protocol.version": "1.1",
+        A.HTTP_RESPONSE_STATUS_CODE: 200,
+        A.HTTP_ROUTE: "/items/{item_id}",
+    }.items():
+        assert attrs[key] == value, key
+    assert span.status.status_code == StatusCode.UNSET
+    assert collector.wait_for_events(1)[0]["trace_id"] == f"{trace_id:032x}"
+
+
+def test_unhandled_exception_marks_the_span_as_error(
+    collector: Collector, spans: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    provider, exporter = spans
+    with serve(make(collector, provider, threading.Event())) as base:
+        assert httpx.get(f"{base}/boom").status_code == 500
+    [span] = exporter.get_finished_spans()
+    assert span.kind == SpanKind.SERVER and span.name == "GET /boom"
+    assert span.status.status_code == StatusCode.ERROR
+    assert span.attributes["error.type"] == "RuntimeError"
+    assert span.attributes[A.HTTP_RESPONSE_STATUS_CODE] == 500
