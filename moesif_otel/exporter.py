@@ -12,7 +12,9 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -70,12 +72,10 @@ class MoesifSpanExporter(SpanExporter):
             plain_client_spans=settings.capture_outgoing_requests,
         )
         self._mask = settings.mask_event_model
-        self._lock = threading.Lock()
-        self._logged: set[str] = set()
-        self.exported = 0
-        self.dropped_mask = 0
-        self.dropped_too_large = 0
-        self.dropped_conversion = 0
+        self._reset_counters()
+        if hasattr(os, "register_at_fork"):  # a forked worker counts its own events
+            ref = weakref.WeakMethod(self._reset_counters)
+            os.register_at_fork(after_in_child=lambda: (m := ref()) is not None and m())
         # the app config (sampling, rules) shared with capture; upload answers announce changes
         self.app_config = shared_config(settings.collector_uri, settings.application_id, self._new_transport)
         self.delivery = delivery or Delivery(
@@ -86,6 +86,14 @@ class MoesifSpanExporter(SpanExporter):
             name="moesif",
         )
         self._shutdown = False
+
+    def _reset_counters(self) -> None:
+        self._lock = threading.Lock()
+        self._logged: set[str] = set()
+        self.exported = 0
+        self.dropped_mask = 0
+        self.dropped_too_large = 0
+        self.dropped_conversion = 0
 
     def _new_transport(self) -> HttpTransport:
         return HttpTransport(self.settings.collector_uri, self.settings.application_id, user_agent=USER_AGENT)

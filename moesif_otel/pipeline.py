@@ -1,4 +1,4 @@
-"""Wiring: settings → exporter → processor → a TracerProvider, plus flush at exit.
+"""Wiring: settings → exporter → processor → a TracerProvider, plus flush at exit (atexit and SIGTERM).
 
 Joins the application's SDK TracerProvider when there is one (its other exporters keep working),
 otherwise uses a private provider and leaves the global one alone.
@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
+import signal
+import threading
+import time
 import weakref
 from dataclasses import dataclass
+from types import FrameType
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -64,6 +69,8 @@ class Pipeline:
         pipeline = cls(settings, exporter, processor, tracer_provider, owns, owns_processor=not existing)
         ref = weakref.ref(pipeline)
         atexit.register(lambda: (p := ref()) is not None and p.shutdown())
+        _live[:] = [*(r for r in _live if r() is not None), ref]
+        _hook_sigterm()
         if settings.debug:
             logger.setLevel(logging.DEBUG)
         logger.debug(
@@ -92,4 +99,60 @@ class Pipeline:
 
     def stats(self) -> dict[str, int]:
         processor_stats = self.processor.stats() if isinstance(self.processor, MoesifSpanProcessor) else {}
-        return {**processor_stats, **self.exporter.stats()}
+        exporter_stats = self.exporter.stats()
+        merged = {**processor_stats, **exporter_stats}
+        # Both the span queue and the delivery backlog drop when full; a plain merge kept only the
+        # backlog's count and hid the other. An event dropped by either bound is one lost event.
+        merged["dropped_queue_full"] = processor_stats.get("dropped_queue_full", 0) + exporter_stats.get(
+            "dropped_queue_full", 0
+        )
+        return merged
+
+
+# -- SIGTERM ------------------------------------------------------------------------------------------
+# uvicorn (also as gunicorn's worker) handles SIGTERM by shutting down gracefully, restoring the handler
+# it found and raising the signal again. With the default handler the process dies right there and
+# atexit never runs: without a lifespan flush (``--lifespan off``, a server or framework that doesn't
+# pass lifespan through) every queued event was lost. So where SIGTERM still has its default action,
+# we shut the pipelines down first (bounded) and then die of SIGTERM as before, same exit status.
+# Hooked at import too: a middleware added the Starlette way is built only once uvicorn has taken over
+# SIGTERM, but the app module importing us runs before that. With no pipeline it is a pass-through.
+
+_live: list[weakref.ref[Pipeline]] = []
+_sigterm_hooked = False
+
+
+def _hook_sigterm() -> None:
+    global _sigterm_hooked
+    if _sigterm_hooked or os.name != "posix" or threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return  # the application's own handler: leave it alone (it usually exits, and atexit runs)
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):  # not the main interpreter, or signals unavailable
+        return
+    _sigterm_hooked = True
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    pipelines = [p for ref in _live if (p := ref()) is not None]
+    if pipelines:
+        # On other threads: the signal may have interrupted this (main) thread inside one of our locks.
+        deadline = time.monotonic() + max(p.settings.shutdown_timeout for p in pipelines) + 1.0
+        threads = [
+            threading.Thread(target=p.shutdown, name="moesif-otel-sigterm", daemon=True) for p in pipelines
+        ]
+        try:
+            for thread in threads:
+                thread.start()
+        except RuntimeError:
+            pass  # interpreter shutting down: nothing more we can do
+        for thread in threads:
+            if thread.ident is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.raise_signal(signum)
+
+
+_hook_sigterm()

@@ -7,6 +7,7 @@ thread, the parent keeps delivering what it had.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import threading
@@ -40,8 +41,6 @@ class MoesifSpanProcessor(SpanProcessor):
         self.max_batch_size = max_batch_size
         self.schedule_delay = schedule_delay
         self.shutdown_timeout = shutdown_timeout
-        self.queued = 0
-        self.dropped_queue_full = 0
         self._shutdown = False
         self._init_state()
         if hasattr(os, "register_at_fork"):
@@ -49,7 +48,10 @@ class MoesifSpanProcessor(SpanProcessor):
             os.register_at_fork(after_in_child=lambda: (m := ref()) and m())
 
     def _init_state(self) -> None:
-        """Fresh queue, lock and worker: at construction and in a forked child."""
+        """Fresh queue, lock, worker and counters: at construction and in a forked child, whose stats
+        then describe its own events, like its delivery's (the parent counts the parent's)."""
+        self.queued = 0
+        self.dropped_queue_full = 0
         self._queue: deque[ReadableSpan] = deque()
         self._cond = threading.Condition(threading.Lock())
         self._exporting = 0
@@ -136,13 +138,19 @@ class MoesifSpanProcessor(SpanProcessor):
         return emptied and delivered and not self._exporting
 
     def shutdown(self) -> None:
+        """Deliver what is queued and stop, within SHUTDOWN_TIMEOUT in all (not once per stage)."""
         if self._shutdown:
             return
+        deadline = time.monotonic() + self.shutdown_timeout
         self.force_flush(int(self.shutdown_timeout * 1000))
         with self._cond:
             self._shutdown = True
             self._cond.notify_all()
-        self.exporter.shutdown()
+        remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+        if "timeout_millis" in inspect.signature(self.exporter.shutdown).parameters:
+            self.exporter.shutdown(timeout_millis=remaining_ms)
+        else:
+            self.exporter.shutdown()
 
     def stats(self) -> dict[str, int]:
         return {"spans_queued": self.queued, "dropped_queue_full": self.dropped_queue_full}
