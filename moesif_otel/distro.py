@@ -32,6 +32,7 @@ sends every call an app with no Moesif code serves to Moesif, bodies included. D
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import sys
@@ -57,6 +58,7 @@ from opentelemetry.sdk.environment_variables import (
 from opentelemetry.util._importlib_metadata import EntryPoint, entry_points
 
 from moesif_otel.capture import ASGIApp, CaptureOptions, HttpCapture, Message, Receive, Scope, Send
+from moesif_otel.outgoing import OutgoingOptions
 from moesif_otel.settings import ENV_PREFIX, Settings, settings_reference
 
 logger = logging.getLogger("moesif_otel")
@@ -70,11 +72,15 @@ _DEFAULT_EXCLUDE_SPANS = ("receive", "send")
 _HOOK_VARIABLES = frozenset(ENV_PREFIX + key for key, kind, _, _ in settings_reference() if kind == "hook")
 
 
+OUTGOING_CLIENTS = {"requests": "moesif_otel.outgoing_requests", "httpx": "moesif_otel.outgoing_httpx"}
+
+
 class _State:
     """What the distro decided; read when an instrumented app builds its middleware stack."""
 
     options: CaptureOptions | None = None
     shutdown_timeout: float = 5.0
+    outgoing: OutgoingOptions | None = None  # MOESIF_CAPTURE_OUTGOING_REQUESTS
 
 
 _state = _State()
@@ -173,6 +179,8 @@ class MoesifDistro(BaseDistro):
         settings = Settings.from_mapping({})
         _state.options = _capture_options(settings)
         _state.shutdown_timeout = settings.shutdown_timeout
+        if settings.capture_outgoing_requests:
+            _state.outgoing = OutgoingOptions.from_settings(settings)
         if not _configurator_will_run():
             from opentelemetry.instrumentation.version import __version__
             from opentelemetry.sdk._configuration import _OTelSDKConfigurator
@@ -185,8 +193,11 @@ class MoesifDistro(BaseDistro):
             if name not in self._instrumented:
                 self._instrument_framework(entry_point, kwargs)
             return
-        # Outgoing capture (MOESIF_CAPTURE_OUTGOING_REQUESTS): integration point for moesif_otel.outgoing —
-        # for name in ("requests", "httpx") add its request/response hooks to ``kwargs`` here.
+        if name in OUTGOING_CLIENTS and _state.outgoing is not None and exports_to_moesif():
+            # the same hooks, bodies and failsafety as with MoesifMiddleware's outgoing capture
+            module = importlib.import_module(OUTGOING_CLIENTS[name])
+            if module.instrument(_state.outgoing, kwargs.get("tracer_provider")):
+                return
         super().load_instrumentor(entry_point, **kwargs)
 
     def _instrument_framework(self, entry_point: EntryPoint, kwargs: dict[str, Any]) -> None:

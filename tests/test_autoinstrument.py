@@ -273,3 +273,26 @@ def test_moesif_middleware_under_opentelemetry_instrument_one_event_per_request(
         server.stop()
     uris = sorted(e["request"]["uri"] for e in collector.events)
     assert uris == [f"{server.base}/items/{i}" for i in range(3)]
+
+
+@pytest.mark.parametrize("outgoing", [True, False], ids=["capture-outgoing", "default"])
+def test_outgoing_requests_calls_under_opentelemetry_instrument(collector: Collector, outgoing: bool) -> None:
+    extra = {"PLAIN_APP_UPSTREAM": f"{collector.url}/health/probe"}
+    if outgoing:
+        extra["MOESIF_CAPTURE_OUTGOING_REQUESTS"] = "true"
+    with instrumented("tests.plain_app:app", moesif_env(collector, **extra)) as server:
+        assert httpx.get(f"{server.base}/call-out").json() == {"upstream_status": 200}
+        incoming = collector.wait_for_events(1)
+        server.stop()
+    events = {e["direction"]: e for e in collector.events}
+    assert incoming and events["Incoming"]["request"]["uri"].endswith("/call-out")
+    if not outgoing:
+        # requests is instrumented by opentelemetry-instrument, but nobody asked for Outgoing events
+        assert sorted(events) == ["Incoming"]
+        return
+    assert sorted(events) == ["Incoming", "Outgoing"]
+    call = events["Outgoing"]
+    assert call["request"]["uri"] == f"{collector.url}/health/probe"
+    assert call["response"]["status"] == 200
+    assert call["response"]["body"] == {"status": True, "region": "local"}  # bodies, through our hooks
+    assert call["trace_id"] == events["Incoming"]["trace_id"]
