@@ -233,12 +233,46 @@ class Delivery:
         """
         deadline = time.monotonic() + max(0.0, timeout)
         with self._lock:
+            no_workers = not any(thread.is_alive() for thread in self._threads)
+        if no_workers:
+            self._deliver_here(deadline)
+        with self._lock:
             while self._pending():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 self._idle.wait(remaining)
             return True
+
+    def _deliver_here(self, deadline: float) -> None:
+        """Deliver on the calling thread, until the deadline: no worker could be started.
+
+        At interpreter exit Python 3.12+ refuses new threads, so events queued since the last
+        upload (a long EVENT_BATCH_TIMEOUT) would otherwise wait for workers that never come.
+        """
+        transport: HttpTransport | None = None
+        try:
+            while True:
+                with self._lock:
+                    now = time.monotonic()
+                    if self._stopped or now >= deadline or not self._pending():
+                        return
+                    batch: _Batch | None = None
+                    if now >= self._gate_until:
+                        if self._waiting and self._waiting[0][0] <= now:
+                            batch = heapq.heappop(self._waiting)[2]
+                        elif self._ready:
+                            batch = self._ready.popleft()
+                    if batch is None:
+                        due = self._waiting[0][0] if self._waiting else now + 0.05
+                        self._work.wait(max(0.0, min(max(due, self._gate_until), deadline) - now))
+                        continue
+                    self._in_flight.add(batch)
+                transport = self._deliver(batch, transport)
+        finally:
+            if transport is not None:
+                with contextlib.suppress(Exception):
+                    transport.close()
 
     def shutdown(self, timeout: float) -> bool:
         """Flush within ``timeout``, then stop the workers. What is still pending at the deadline

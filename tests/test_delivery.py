@@ -493,3 +493,27 @@ def test_forked_child_delivers_with_its_own_threads(collector: Collector, make_d
     assert by_body[b"parent"] == str(os.getpid())
     assert by_body[b"child"] == str(pid)
     assert delivery.stats()["sent"] == 1
+
+
+def test_flush_delivers_on_the_calling_thread_when_no_worker_can_start(
+    collector: Collector, make_delivery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Python 3.12+ refuses new threads at interpreter exit: an atexit flush must still deliver
+    real_start = threading.Thread.start
+
+    def refuse(thread: threading.Thread) -> None:
+        if "-delivery-" in thread.name:
+            raise RuntimeError("can't create new thread at interpreter shutdown")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    collector.fail(1, 503)
+    delivery = make_delivery(name="t-inline")
+    assert delivery.submit(PATH, b"one", count=2)
+    assert delivery.submit(PATH, b"two", count=3)
+    assert not delivery_threads()
+    assert delivery.flush(5)
+    assert sorted(s.body for s in collector.seen) == [b"one", b"one", b"two"]  # the 503 retried
+    stats = delivery.stats()
+    assert stats["sent"] == 5 and stats["retried"] == 2 and stats["pending_batches"] == 0
+    assert any("could not start its threads" in r.getMessage() for r in caplog.records)
