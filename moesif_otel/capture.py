@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import context, trace
 from opentelemetry.trace import Status, StatusCode
 
 from moesif_otel import attributes as A
@@ -40,6 +40,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 SCOPE_KEY = "moesif_otel.exchange"
+_EMPTY_CONTEXT = context.Context()
 TRANSACTION_HEADER = b"x-moesif-transaction-id"
 _MAX_TRANSACTION_ID = 128
 # How long, at most, capture waits for request body the app never read.
@@ -238,14 +239,26 @@ class Exchange:
         if message.get("more_body", False):
             await self._send(message)
             return
-        # The response is complete: its bytes first, then hooks and attributes, then the close.
+        await self._drain_request()  # while the request can still be read
+        if self.owns_span:
+            # The span is ours: complete the response, then hooks and attributes, then end the
+            # span (background tasks that run after the response are not part of it).
+            token = context.attach(_EMPTY_CONTEXT)  # a pipelined next request starts in this call
+            try:
+                await self._send(message)
+            finally:
+                context.detach(token)
+            self.response_end_ns = time.time_ns()
+            await self.finish()
+            self.span.end()
+            return
+        # Someone else's span ends with the closing message: the bytes first (a Content-Length
+        # response is then complete for the client), hooks and attributes, then the close.
         if chunk:
             await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
         self.response_end_ns = time.time_ns()
         await self.finish()
         await self._close_response()
-        if self.owns_span:
-            self.span.end()  # the response is complete: background tasks are not part of it
 
     async def _close_response(self) -> None:
         """Send the closing message from an empty context.
@@ -265,7 +278,7 @@ class Exchange:
         self.finished = True
         if not self.response_end_ns:
             self.response_end_ns = time.time_ns()
-        if error is None and self.options.log_body and not self.request_complete and not self.disconnected:
+        if error is None:
             await self._drain_request()
         try:
             results = await self._complete(error)
@@ -276,6 +289,8 @@ class Exchange:
 
     async def _drain_request(self) -> None:
         """Read request body the app left unread, up to the cap, so the event still has it."""
+        if not self.options.log_body or self.request_complete or self.disconnected:
+            return
         deadline = time.monotonic() + _DRAIN_TIMEOUT
         while (
             not self.request_complete
