@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import threading
-import time
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -118,10 +117,6 @@ class MoesifSpanExporter(SpanExporter):
             data = self._encode(span)
             if data is not None:
                 encoded.append(data)
-            # Let the event loop have the GIL back after every event: otherwise it waits out the
-            # interpreter's switch interval (5 ms) whenever it wants it while a batch converts,
-            # which shows up directly in the app's tail latency.
-            time.sleep(0)
         ok = True
         for payload, count in self._payloads(encoded):
             ok = (
