@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import base64
 import codecs
-import json
 import re
 import zlib
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote
+
+from moesif_otel import jsoncodec
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
@@ -270,14 +271,9 @@ _INVALID = object()
 _UTF8_BOM = codecs.BOM_UTF8
 
 
-def _reject_constant(name: str) -> Any:
-    # NaN/Infinity are not JSON; accepting them here would make the event itself invalid JSON.
-    raise ValueError(name)
-
-
 def _parse_json(data: bytes) -> Any:
     try:
-        return json.loads(data.decode("utf-8-sig"), parse_constant=_reject_constant)
+        return jsoncodec.loads(data)
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return _INVALID
 

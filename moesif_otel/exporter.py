@@ -10,7 +10,6 @@ whose own workers upload, retry and overlap — so a slow collector never stalls
 from __future__ import annotations
 
 import gzip
-import json
 import logging
 import os
 import threading
@@ -22,6 +21,7 @@ from moesifapi.models import EventModel
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from moesif_otel import jsoncodec
 from moesif_otel._version import __version__
 from moesif_otel.config_sync import shared_config
 from moesif_otel.delivery import Delivery
@@ -177,7 +177,7 @@ class MoesifSpanExporter(SpanExporter):
 
     def _serialize(self, event: dict[str, Any]) -> bytes | None:
         try:
-            data = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            data = jsoncodec.dumps(event)
             if len(data) <= MAX_EVENT_BYTES:
                 return data
             # Over Moesif's limit: send the call without its bodies, and say so.
@@ -189,7 +189,7 @@ class MoesifSpanExporter(SpanExporter):
                     notes[f"{side}_body"] = "omitted: event over 1 MB"
             metadata = event.get("metadata") if isinstance(event.get("metadata"), dict) else {}
             event["metadata"] = {**metadata, "moesif_otel": {**metadata.get("moesif_otel", {}), **notes}}
-            data = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            data = jsoncodec.dumps(event)
             if len(data) <= MAX_EVENT_BYTES:
                 return data
         except (TypeError, ValueError, RecursionError) as exc:  # e.g. a mask hook put a datetime in it
