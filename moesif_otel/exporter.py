@@ -16,6 +16,7 @@ import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from moesifapi.models import EventModel
 from opentelemetry.sdk.trace import ReadableSpan
@@ -23,6 +24,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from moesif_otel import jsoncodec
 from moesif_otel._version import __version__
+from moesif_otel.appconfig import RequestFacts, keep, weight_for
 from moesif_otel.config_sync import shared_config
 from moesif_otel.delivery import Delivery
 from moesif_otel.event import (
@@ -94,6 +96,7 @@ class MoesifSpanExporter(SpanExporter):
         self.dropped_mask = 0
         self.dropped_too_large = 0
         self.dropped_conversion = 0
+        self.sampled_out = 0
 
     def _new_transport(self) -> HttpTransport:
         return HttpTransport(self.settings.collector_uri, self.settings.application_id, user_agent=USER_AGENT)
@@ -138,6 +141,8 @@ class MoesifSpanExporter(SpanExporter):
     def _encode(self, span: ReadableSpan) -> bytes | None:
         try:
             event = event_document(span, self.options)
+            if event["direction"] == "Outgoing" and not self._sample_outgoing(event, span):
+                return None
             if self._mask is not None:
                 model = self._apply_mask(to_event_model(event))
                 if model is None:
@@ -148,6 +153,35 @@ class MoesifSpanExporter(SpanExporter):
             self._warn_once(f"convert:{type(exc).__name__}", "moesif_otel: could not build an event: %r", exc)
             return None
         return self._serialize(event)
+
+    def _sample_outgoing(self, event: dict[str, Any], span: ReadableSpan) -> bool:
+        """The app config's sample rate for an outgoing call; False when sampled out.
+
+        Incoming requests are sampled in capture, before their expensive work; outgoing calls are
+        decided here, with the same rules and the same trace-id decision, so a call made while
+        serving a request is kept or dropped with it whenever both get the same rate.
+        """
+        config = self.app_config.current
+        if not config.samples:
+            return True
+        request = event["request"]
+        facts = RequestFacts(
+            verb=request["verb"],
+            uri=request["uri"],
+            path=urlsplit(request["uri"]).path or "/",
+            ip=None,
+            headers=request["headers"],
+            user_id=event.get("user_id"),
+            company_id=event.get("company_id"),
+        )
+        rate = config.sample_rate(facts, event["response"].get("status"))
+        if rate >= 100:
+            return True
+        if not keep(span.context.trace_id if span.context is not None else 0, rate):
+            self.sampled_out += 1
+            return False
+        event["weight"] = weight_for(rate)
+        return True
 
     def _apply_mask(self, event: EventModel) -> EventModel | None:
         """MASK_EVENT_MODEL must not leak the unmasked event: any failure drops it."""
@@ -238,5 +272,6 @@ class MoesifSpanExporter(SpanExporter):
             "dropped_mask": self.dropped_mask,
             "dropped_too_large": self.dropped_too_large,
             "dropped_conversion": self.dropped_conversion,
+            "sampled_out_outgoing": self.sampled_out,
             **self.delivery.stats(),
         }

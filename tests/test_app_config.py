@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from moesif_otel import MoesifMiddleware
 from moesif_otel.appconfig import keep
@@ -242,3 +243,27 @@ def test_governance_blocks_adds_headers_and_records(
     assert counter == {"user": 5, "company": 5}
     logged = " ".join(r.getMessage() for r in caplog.records)
     assert "does-not-exist" in logged and "skipped" in logged
+
+
+def test_outgoing_calls_are_kept_or_dropped_with_their_request(collector: Collector) -> None:
+    import requests
+
+    collector.set_config({"sample_rate": 50}, etag="o1")
+    app = make_app(settings_for(collector, CAPTURE_OUTGOING_REQUESTS=True))
+
+    @app.get("/call-out")
+    def call_out() -> dict:
+        return {"status": requests.get(f"{collector.url}/health/probe", timeout=5).status_code}
+
+    try:
+        with serve(app) as base, httpx.Client(base_url=base) as client:
+            applied(app, "o1")
+            with suppress_instrumentation():  # the test's own httpx calls are not the app's
+                assert client.get("/call-out", headers=traceparent(KEPT_AT_50)).json() == {"status": 200}
+                assert client.get("/call-out", headers=traceparent(DROPPED_AT_50)).json() == {"status": 200}
+        kept = {(e["direction"], e["trace_id"], e["weight"]) for e in collector.events}
+        assert kept == {("Incoming", f"{KEPT_AT_50:032x}", 2), ("Outgoing", f"{KEPT_AT_50:032x}", 2)}
+    finally:
+        from moesif_otel.outgoing import disable_outgoing_capture
+
+        disable_outgoing_capture()
