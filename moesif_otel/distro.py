@@ -9,7 +9,7 @@ sends every call an app with no Moesif code serves to Moesif, bodies included. D
 * **Body capture** is installed only when ``moesif`` is one of the trace exporters: the distro never
   puts bodies on spans bound for someone else's backend alone. It sits *inside* the server span
   opened by the FastAPI/Starlette instrumentations: their ``OpenTelemetryMiddleware`` is replaced,
-  in those instrumentation modules only, by a subclass whose inner app is :class:`HttpCapture`.
+  in those instrumentation modules only, by a factory that builds it around :class:`HttpCapture`.
   The per-message ``receive``/``send`` spans are turned off there unless the instrumentation was
   asked for them explicitly: Moesif uses none of them and they triple the spans per request.
 * **Settings** come from ``MOESIF_*`` variables and are validated before anything is instrumented,

@@ -37,6 +37,8 @@ def user_id_from_authorization(
     headers: Mapping[str, str],
     header_names: Sequence[str] = ("authorization",),
     field: str = "sub",
+    *,
+    lowered: bool = False,
 ) -> str | None:
     """The user id carried by the first configured header that yields one, else None.
 
@@ -45,7 +47,8 @@ def user_id_from_authorization(
     stop the search: the next configured header is tried.
     """
     try:
-        headers = _lowered(headers)
+        if not lowered:
+            headers = _lowered(headers)
         claim = (field if isinstance(field, str) else "").strip() or "sub"
         for name in _header_names(header_names):
             value = _header(headers, name)
@@ -58,10 +61,14 @@ def user_id_from_authorization(
     return None
 
 
-def client_ip(headers: Mapping[str, str], peer: str | None) -> str | None:
-    """First valid IP from the proxy headers, else ``peer`` if it is a valid IP, else None."""
+def client_ip(headers: Mapping[str, str], peer: str | None, *, lowered: bool = False) -> str | None:
+    """First valid IP from the proxy headers, else ``peer`` if it is a valid IP, else None.
+
+    ``lowered``: the caller guarantees lower-case names (capture does), sparing a pass over them.
+    """
     try:
-        headers = _lowered(headers)
+        if not lowered:
+            headers = _lowered(headers)
     except Exception:
         headers = {}
     for name in CLIENT_IP_HEADERS:
