@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import json
 import logging
 import random
 import time
@@ -29,7 +28,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from moesif_otel import attributes as A
 from moesif_otel.appconfig import AppConfig, keep, weight_for
-from moesif_otel.hooks import Hook
+from moesif_otel.hooks import Hook, metadata_json
 
 logger = logging.getLogger("moesif_otel")
 
@@ -359,14 +358,11 @@ class Exchange:
             if token is not None:
                 results[A.MOESIF_SESSION_TOKEN] = token
         if options.get_metadata is not None:
-            metadata = await options.get_metadata.acall(request, response)
+            metadata = metadata_json(
+                options.get_metadata, await options.get_metadata.acall(request, response)
+            )
             if metadata is not None:
-                try:
-                    results[A.MOESIF_METADATA] = json.dumps(metadata)
-                except (TypeError, ValueError) as exc:
-                    options.get_metadata.warn_once(
-                        "json", "moesif_otel: GET_METADATA returned data that is not JSON (%s); left out", exc
-                    )
+                results[A.MOESIF_METADATA] = metadata
         if self.blocked_by is not None:
             results[A.MOESIF_BLOCKED_BY] = self.blocked_by
         return results

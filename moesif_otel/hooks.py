@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -121,6 +122,19 @@ def run_awaitable(awaitable: Any) -> Any:
         loop = asyncio.new_event_loop()
         _thread_loops.loop = loop
     return loop.run_until_complete(awaitable)
+
+
+def metadata_json(hook: Hook, value: Any) -> str | None:
+    """A GET_METADATA result as JSON text for its span attribute; not JSON: logged once, left out."""
+    if value is None:
+        return None
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        hook.warn_once(
+            "json", "moesif_otel: %s returned data that is not JSON (%s); left out", hook.name, exc
+        )
+        return None
 
 
 def make_hook(name: str, fn: Callable[..., Any] | None, expected: str) -> Hook | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-import json
 import logging
 import threading
 import time
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from moesif_otel import attributes as A
 from moesif_otel.capture import flat_headers
-from moesif_otel.hooks import Hook, make_hook
+from moesif_otel.hooks import Hook, make_hook, metadata_json
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -139,7 +138,7 @@ def _uninstrument_all() -> None:
 # --- what both clients record ----------------------------------------------------------------------
 
 
-def header_pairs(items: Iterable[tuple[Any, Any]]) -> tuple[str, ...]:
+def header_pairs(items: Iterable[tuple[Any, Any]]) -> str:
     """Client headers (str or bytes) as the flat attribute capture writes.
 
     Latin-1 is lossless here: http.client cannot send, and never decodes, anything else.
@@ -185,9 +184,7 @@ def request_started(span: Any) -> None:
         failed("request hook")
 
 
-def exchange_attributes(
-    method: str, uri: str, request_headers: tuple[str, ...], status: int
-) -> dict[str, Any]:
+def exchange_attributes(method: str, uri: str, request_headers: str, status: int) -> dict[str, Any]:
     return {
         A.MOESIF_CAPTURED: True,
         A.MOESIF_DIRECTION: "Outgoing",
@@ -242,17 +239,9 @@ async def arun_hooks(options: OutgoingOptions, request: Any, response: Any) -> d
 
 
 def _metadata(hook: Hook, value: Any, results: dict[str, Any]) -> None:
-    if value is None:
-        return
-    try:
-        results[A.MOESIF_METADATA] = json.dumps(value)
-    except (TypeError, ValueError) as exc:
-        hook._warn_once(
-            "json",
-            "moesif_otel: %s returned data that is not JSON (%s); left out (logged once)",
-            hook.name,
-            exc,
-        )
+    metadata = metadata_json(hook, value)
+    if metadata is not None:
+        results[A.MOESIF_METADATA] = metadata
 
 
 _side_lock = threading.Lock()

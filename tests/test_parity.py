@@ -425,3 +425,17 @@ def test_debug_logs_only_to_our_logger(collector: Collector) -> None:
     assert root.handlers == handlers and root.level == level
     assert logging.getLogger("moesif_otel").level == logging.DEBUG
     logging.getLogger("moesif_otel").setLevel(logging.NOTSET)
+
+
+def test_metadata_that_is_not_json_is_left_out(
+    collector: Collector, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings_for(collector, GET_METADATA=lambda req, res: {"when": object()})
+    caplog.set_level(logging.WARNING, logger="moesif_otel")
+    with serve(make_app(settings)) as base:
+        for i in range(2):
+            assert httpx.get(f"{base}/items/{i}").status_code == 200
+        events = collector.wait_for_events(2)
+    assert all("metadata" not in e for e in events)
+    messages = [r.getMessage() for r in caplog.records if r.name == "moesif_otel"]
+    assert sum("GET_METADATA returned data that is not JSON" in m for m in messages) == 1
