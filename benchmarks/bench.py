@@ -689,14 +689,7 @@ def build_pipeline(collector_url: str, queue_size: int) -> tuple[Any, Any]:
 
     settings = Settings.from_mapping({**moesif_settings(collector_url), "EVENT_QUEUE_SIZE": queue_size})
     exporter = MoesifSpanExporter(settings)
-    processor = MoesifSpanProcessor(
-        exporter,
-        max_queue_size=settings.event_queue_size,
-        max_batch_size=settings.batch_size,
-        schedule_delay=settings.event_batch_timeout,
-        shutdown_timeout=settings.shutdown_timeout,
-    )
-    return processor, exporter
+    return MoesifSpanProcessor.for_exporter(exporter), exporter
 
 
 def measure_exporter(opts: argparse.Namespace, raw_dir: Path) -> dict[str, Any]:

@@ -164,11 +164,19 @@ class MoesifDistro(BaseDistro):
         os.environ.setdefault(OTEL_TRACES_EXPORTER, EXPORTER_NAME)
         os.environ.setdefault(OTEL_METRICS_EXPORTER, "none")
         os.environ.setdefault(OTEL_LOGS_EXPORTER, "none")
-        if not exports_to_moesif():
+        if exports_to_moesif():
+            self._prepare_capture()
+        else:
             logger.info(
                 "moesif_otel: OTEL_TRACES_EXPORTER does not include %r; no body capture", EXPORTER_NAME
             )
-            return
+        if not _configurator_will_run():  # the SDK is set up either way (e.g. the console exporter)
+            from opentelemetry.instrumentation.version import __version__
+            from opentelemetry.sdk._configuration import _OTelSDKConfigurator
+
+            _OTelSDKConfigurator().configure(auto_instrumentation_version=__version__)
+
+    def _prepare_capture(self) -> None:
         # Every plain value first: no user module is imported yet, nothing instrumented.
         settings = Settings.from_mapping({}, environ=_without_hooks(os.environ))
         _batch_defaults(settings, os.environ)
@@ -181,11 +189,6 @@ class MoesifDistro(BaseDistro):
         _state.shutdown_timeout = settings.shutdown_timeout
         if settings.capture_outgoing_requests:
             _state.outgoing = OutgoingOptions.from_settings(settings)
-        if not _configurator_will_run():
-            from opentelemetry.instrumentation.version import __version__
-            from opentelemetry.sdk._configuration import _OTelSDKConfigurator
-
-            _OTelSDKConfigurator().configure(auto_instrumentation_version=__version__)
 
     def load_instrumentor(self, entry_point: EntryPoint, **kwargs: Any) -> None:
         name = entry_point.name

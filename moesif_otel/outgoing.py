@@ -138,6 +138,17 @@ def _uninstrument_all() -> None:
 # --- what both clients record ----------------------------------------------------------------------
 
 
+def take_over(instrumentor: Any, library: str) -> None:
+    """Instrumentors are singletons: one already active (opentelemetry-instrument) is replaced."""
+    if instrumentor.is_instrumented_by_opentelemetry:
+        logger.info(
+            "moesif_otel: %s was already instrumented (opentelemetry-instrument?); "
+            "re-instrumenting it with moesif_otel's hooks on its TracerProvider",
+            library,
+        )
+        instrumentor.uninstrument()
+
+
 def header_pairs(items: Iterable[tuple[Any, Any]]) -> str:
     """Client headers (str or bytes) as the flat attribute capture writes.
 

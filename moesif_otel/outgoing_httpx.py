@@ -15,7 +15,6 @@ captured (bodies up to ``MAX_BODY_SIZE``): reading them never touches the app's 
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 import weakref
@@ -33,9 +32,8 @@ from moesif_otel.outgoing import (
     is_moesif_sdk_call,
     request_started,
     run_hooks,
+    take_over,
 )
-
-logger = logging.getLogger("moesif_otel")
 
 UPLOAD_NOTE = "not captured: streamed upload"
 PARTIAL_NOTE = "not captured: the app closed the response before reading all of it"
@@ -51,12 +49,7 @@ def instrument(options: OutgoingOptions, tracer_provider: Any) -> bool:
     except ImportError:
         return False
     instrumentor = HTTPXClientInstrumentor()
-    if instrumentor.is_instrumented_by_opentelemetry:
-        logger.info(
-            "moesif_otel: httpx was already instrumented (opentelemetry-instrument?); "
-            "re-instrumenting it with moesif_otel's hooks on its TracerProvider"
-        )
-        instrumentor.uninstrument()
+    take_over(instrumentor, "httpx")
 
     def request_hook(span: Any, request: Any) -> None:
         request_started(span)

@@ -12,7 +12,6 @@ one span per call of the app. It records the final exchange (``response.request`
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
@@ -26,9 +25,8 @@ from moesif_otel.outgoing import (
     is_moesif_sdk_call,
     request_started,
     run_hooks,
+    take_over,
 )
-
-logger = logging.getLogger("moesif_otel")
 
 STREAM_NOTE = "not captured: stream=True, the app reads the body itself"
 UPLOAD_NOTE = "not captured: streamed upload (file or iterator)"
@@ -41,12 +39,7 @@ def instrument(options: OutgoingOptions, tracer_provider: Any) -> bool:
     except ImportError:
         return False
     instrumentor = RequestsInstrumentor()
-    if instrumentor.is_instrumented_by_opentelemetry:
-        logger.info(
-            "moesif_otel: requests was already instrumented (opentelemetry-instrument?); "
-            "re-instrumenting it with moesif_otel's hooks on its TracerProvider"
-        )
-        instrumentor.uninstrument()
+    take_over(instrumentor, "requests")
 
     def response_hook(span: Any, request: Any, response: Any) -> None:
         record_response(span, request, response, options)

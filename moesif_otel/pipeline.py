@@ -57,13 +57,7 @@ class Pipeline:
             logger.info("moesif_otel: the TracerProvider already exports to Moesif; using that exporter")
         else:
             exporter = MoesifSpanExporter(settings)
-            processor = MoesifSpanProcessor(
-                exporter,
-                max_queue_size=settings.event_queue_size,
-                max_batch_size=settings.batch_size,
-                schedule_delay=settings.event_batch_timeout,
-                shutdown_timeout=settings.shutdown_timeout,
-            )
+            processor = MoesifSpanProcessor.for_exporter(exporter)
             tracer_provider.add_span_processor(processor)
         exporter.app_config.start()
         pipeline = cls(settings, exporter, processor, tracer_provider, owns, owns_processor=not existing)

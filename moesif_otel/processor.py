@@ -14,12 +14,16 @@ import threading
 import time
 import weakref
 from collections import deque
+from typing import TYPE_CHECKING
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from moesif_otel.event import is_api_call
+
+if TYPE_CHECKING:
+    from moesif_otel.exporter import MoesifSpanExporter
 
 logger = logging.getLogger("moesif_otel")
 
@@ -46,6 +50,18 @@ class MoesifSpanProcessor(SpanProcessor):
         if hasattr(os, "register_at_fork"):
             ref = weakref.WeakMethod(self._init_state)
             os.register_at_fork(after_in_child=lambda: (m := ref()) and m())
+
+    @classmethod
+    def for_exporter(cls, exporter: MoesifSpanExporter) -> MoesifSpanProcessor:
+        """Queue, batch and timing bounds from the exporter's settings, as MoesifMiddleware uses them."""
+        settings = exporter.settings
+        return cls(
+            exporter,
+            max_queue_size=settings.event_queue_size,
+            max_batch_size=settings.batch_size,
+            schedule_delay=settings.event_batch_timeout,
+            shutdown_timeout=settings.shutdown_timeout,
+        )
 
     def _init_state(self) -> None:
         """Fresh queue, lock, worker and counters: at construction and in a forked child, whose stats
