@@ -47,8 +47,8 @@ SERVER_PORT = "server.port"
 
 # --- moesif.* (no convention exists) -------------------------------------------------------------
 MOESIF_CAPTURED = "moesif.captured"  # bool: this span was prepared by moesif_otel capture
-MOESIF_DIRECTION = "moesif.direction"  # "Incoming" | "Outgoing"
-MOESIF_REQUEST_TIME = "moesif.request.time"  # int, ns since epoch
+MOESIF_DIRECTION = "moesif.direction"  # "Incoming" | "Outgoing"; absent: from the span kind
+MOESIF_REQUEST_TIME = "moesif.request.time"  # int, ns since epoch; absent: the span's start
 MOESIF_RESPONSE_TIME = "moesif.response.time"  # int, ns since epoch (response complete)
 MOESIF_REQUEST_URI = "moesif.request.uri"
 MOESIF_REQUEST_HEADERS = "moesif.request.headers"  # str: "name:value" lines, lower-case names

@@ -1,15 +1,15 @@
 """ASGI capture: tees one HTTP exchange into attributes of its server span.
 
-The layer sits *inside* whatever opens the server span (OTel's ASGI middleware in the drop-in,
+The layer sits *inside* whatever opens the server span (moesif_otel's ServerSpan in the drop-in,
 FastAPIInstrumentor under auto-instrumentation), so the span is the current one and still live
 when the app raises. It keeps the request path minimal: body chunks are appended up to a cap,
-headers are kept as the raw pairs, nothing is parsed or serialised here — the exporter does that
-on its own thread.
+headers are kept as text, nothing is parsed or serialised here — the exporter does that on its
+own thread.
 
-Hooks need the finished response, yet must not hold it back. When the last body message arrives,
-its bytes are forwarded first (a Content-Length response is then complete for the client), the
-hooks run, the attributes are set, and only then the empty closing message goes out — which is
-what ends the span.
+Hooks need the finished response, yet must not hold it back. On its own span, capture sends the
+last message as it is, then runs the hooks, sets the attributes and ends the span. On someone
+else's span, which ends with the last message, the last bytes go out first (a Content-Length
+response is then complete for the client), then hooks and attributes, then an empty closing message.
 """
 
 from __future__ import annotations
