@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from moesif_otel.logonce import LogOnce
+
 logger = logging.getLogger("moesif_otel.appconfig")
 
 __all__ = ["AppConfig", "GovernanceDecision", "RequestFacts", "keep", "weight_for"]
@@ -25,19 +27,14 @@ __all__ = ["AppConfig", "GovernanceDecision", "RequestFacts", "keep", "weight_fo
 _UNKNOWN = "UNKNOWN"
 _NO_VALUES: Mapping[str, str] = {}
 _MAX_LOGGED_PROBLEMS = 512
-_logged_problems: set[str] = set()
+_logged_problems = LogOnce(
+    logger, limit=_MAX_LOGGED_PROBLEMS, full_note=" (further distinct app config problems are not logged)"
+)
 
 
 def _warn_once(message: str) -> None:
     """Log a config problem at WARNING the first time it is seen; a refetch every minute must not spam."""
-    if message in _logged_problems:
-        return
-    if len(_logged_problems) >= _MAX_LOGGED_PROBLEMS:
-        return
-    _logged_problems.add(message)
-    if len(_logged_problems) == _MAX_LOGGED_PROBLEMS:
-        message += " (further distinct app config problems are not logged)"
-    logger.warning("moesif app config: %s", message)
+    _logged_problems.warning(message, "moesif app config: %s", message)
 
 
 def _short(value: Any) -> str:

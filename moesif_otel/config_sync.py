@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from moesif_otel.appconfig import AppConfig
+from moesif_otel.logonce import LogOnce
 from moesif_otel.transport import HttpTransport, TransportError
 
 logger = logging.getLogger("moesif_otel.config")
@@ -47,7 +48,7 @@ class ConfigSync:
         self._current = AppConfig.default()
         self._config_raw: Any = None
         self._rules_raw: Any = None
-        self._logged: set[str] = set()
+        self._warnings = LogOnce(logger, limit=256)
         self.fetches = 0
         self._users = 0  # exporters sharing this fetcher (see shared_config / release)
         self._key: tuple[str, str] | None = None
@@ -161,7 +162,7 @@ class ConfigSync:
         try:
             response = transport.request("GET", path)
         except TransportError as exc:
-            self._warn_once(
+            self._warnings.warning(
                 f"{path}:{exc.cause}",
                 "moesif_otel: fetching %s failed (%s); keeping the last config",
                 path,
@@ -170,7 +171,7 @@ class ConfigSync:
             return None
         if response.status != 200:
             reason = " (is the application id right?)" if response.status in (401, 403) else ""
-            self._warn_once(
+            self._warnings.warning(
                 f"{path}:{response.status}",
                 "moesif_otel: fetching %s answered %d%s; keeping the last config",
                 path,
@@ -181,14 +182,11 @@ class ConfigSync:
         try:
             parsed = json.loads(response.body)
         except ValueError:
-            self._warn_once(f"{path}:json", "moesif_otel: %s is not JSON; keeping the last config", path)
+            self._warnings.warning(
+                f"{path}:json", "moesif_otel: %s is not JSON; keeping the last config", path
+            )
             return None
         return parsed, response.headers.get(tag_header)
-
-    def _warn_once(self, cause: str, message: str, *args: Any) -> None:
-        if cause not in self._logged and len(self._logged) < 256:
-            self._logged.add(cause)
-            logger.warning(message, *args)
 
 
 def shared_config(

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timezone
 
+from moesif_otel.logonce import LogOnce
 from moesif_otel.transport import HttpTransport, Response, TransportError
 
 __all__ = ["Delivery", "OnDone", "parse_retry_after"]
@@ -165,8 +166,7 @@ class Delivery:
         self._gate_until = 0.0  # Retry-After: nobody sends before this (monotonic)
         self._threads: list[threading.Thread] = []
         self._counters = dict.fromkeys(_COUNTERS, 0)
-        self._warn_lock = threading.Lock()
-        self._warned: set[str] = set()
+        self._warnings = LogOnce(_log)
         self._last_stats_log = time.monotonic()
 
     # -- public API ----------------------------------------------------------------------------
@@ -204,22 +204,22 @@ class Delivery:
                     self._work.notify()
                     cause = ""
         except Exception as exc:
-            self._warn_once("submit", "Moesif delivery could not queue a payload: %r", exc)
+            self._warnings.warning("submit", "Moesif delivery could not queue a payload: %r", exc)
             self._call_on_done(on_done, cause, None)
             return False
         if cause:
             self._call_on_done(on_done, cause, None)
         if start_error is not None:
-            self._warn_once("start", "Moesif delivery could not start its threads: %r", start_error)
+            self._warnings.warning("start", "Moesif delivery could not start its threads: %r", start_error)
         if cause == "queue_full":
-            self._warn_once(
+            self._warnings.warning(
                 cause,
                 "Moesif delivery backlog is full (%d batches pending); new events are dropped "
                 "(counted as dropped_queue_full)",
                 self._max_pending,
             )
         elif cause == "shutdown":
-            self._warn_once(
+            self._warnings.warning(
                 "submit_after_shutdown",
                 "Moesif delivery is shut down; events submitted now are dropped "
                 "(counted as dropped_shutdown)",
@@ -305,7 +305,7 @@ class Delivery:
         for batch in leftovers:
             self._call_on_done(batch.on_done, "shutdown", None)
         if dropped:
-            self._warn_once(
+            self._warnings.warning(
                 "shutdown",
                 "Moesif delivery: %d events could not be delivered before the shutdown timeout "
                 "(counted as dropped_shutdown)",
@@ -384,7 +384,7 @@ class Delivery:
             response = transport.request("POST", batch.path, batch.payload, batch.headers)
         except TransportError as exc:
             failure = exc.cause
-            self._warn_once(
+            self._warnings.warning(
                 f"transport:{exc.cause}",
                 "Cannot reach the Moesif collector (%s: %s); retrying with backoff",
                 exc.cause,
@@ -392,7 +392,7 @@ class Delivery:
             )
         except Exception as exc:
             failure = "error"  # not a network problem: retrying would fail the same way
-            self._warn_once(
+            self._warnings.warning(
                 "unexpected",
                 "Moesif delivery could not send a batch: %r; such batches are dropped "
                 "(counted as dropped_rejected)",
@@ -406,7 +406,7 @@ class Delivery:
             try:
                 self._on_response(response)
             except Exception as exc:
-                self._warn_once("on_response", "Moesif on_response callback raised %r (ignored)", exc)
+                self._warnings.warning("on_response", "Moesif on_response callback raised %r (ignored)", exc)
         self._resolve(batch, response, failure)
         return transport
 
@@ -484,7 +484,7 @@ class Delivery:
         try:
             on_done(outcome, response)
         except Exception as exc:
-            self._warn_once("on_done", "Moesif on_done callback raised %r (ignored)", exc)
+            self._warnings.warning("on_done", "Moesif on_done callback raised %r (ignored)", exc)
 
     def _backoff(self, attempts: int) -> float:
         """Exponential with "equal jitter": spreads workers and processes, keeps a floor."""
@@ -507,7 +507,7 @@ class Delivery:
             outcome,
         )
         if outcome == "retry" and status:
-            self._warn_once(
+            self._warnings.warning(
                 f"status:{status}",
                 "Moesif collector answered %d to %s; retrying with backoff",
                 status,
@@ -517,7 +517,7 @@ class Delivery:
             reason = _REJECT_REASONS.get(status, "not retried")
             if status == 413:
                 reason = f"{reason} ({len(batch.payload)} bytes)"
-            self._warn_once(
+            self._warnings.warning(
                 f"status:{status}",
                 "Moesif collector answered %d to %s: %s; collector said: %s. "
                 "Such batches are dropped, not retried (counted as dropped_rejected)",
@@ -527,7 +527,7 @@ class Delivery:
                 _body_excerpt(response.body),
             )
         elif outcome == "exhausted":
-            self._warn_once(
+            self._warnings.warning(
                 "retry_exhausted",
                 "Moesif delivery gave up on a batch of %d events after %d attempts "
                 "(max_retry_seconds=%s); counted as dropped_retry_exhausted",
@@ -544,10 +544,3 @@ class Delivery:
             return
         self._last_stats_log = now
         _log.debug("Moesif delivery stats: %s", self.stats())
-
-    def _warn_once(self, key: str, message: str, *args: object) -> None:
-        with self._warn_lock:
-            if key in self._warned:
-                return
-            self._warned.add(key)
-        _log.warning(message, *args)

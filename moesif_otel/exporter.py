@@ -12,7 +12,6 @@ from __future__ import annotations
 import gzip
 import logging
 import os
-import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -35,6 +34,7 @@ from moesif_otel.event import (
     to_event_model,
 )
 from moesif_otel.hooks import run_awaitable
+from moesif_otel.logonce import LogOnce
 from moesif_otel.settings import Settings
 from moesif_otel.transport import HttpTransport
 
@@ -90,8 +90,7 @@ class MoesifSpanExporter(SpanExporter):
         self._shutdown = False
 
     def _reset_counters(self) -> None:
-        self._lock = threading.Lock()
-        self._logged: set[str] = set()
+        self._warnings = LogOnce(logger)
         self.exported = 0
         self.dropped_mask = 0
         self.dropped_too_large = 0
@@ -100,13 +99,6 @@ class MoesifSpanExporter(SpanExporter):
 
     def _new_transport(self) -> HttpTransport:
         return HttpTransport(self.settings.collector_uri, self.settings.application_id, user_agent=USER_AGENT)
-
-    def _warn_once(self, cause: str, message: str, *args: Any) -> None:
-        with self._lock:
-            if cause in self._logged:
-                return
-            self._logged.add(cause)
-        logger.warning(message, *args)
 
     # -- SpanExporter -----------------------------------------------------------------------------
 
@@ -150,7 +142,9 @@ class MoesifSpanExporter(SpanExporter):
                 event = from_event_model(model, event.get("trace_id"))
         except Exception as exc:
             self.dropped_conversion += 1
-            self._warn_once(f"convert:{type(exc).__name__}", "moesif_otel: could not build an event: %r", exc)
+            self._warnings.warning(
+                f"convert:{type(exc).__name__}", "moesif_otel: could not build an event: %r", exc
+            )
             return None
         return self._serialize(event)
 
@@ -191,7 +185,7 @@ class MoesifSpanExporter(SpanExporter):
                 result = run_awaitable(result)
         except Exception as exc:
             self.dropped_mask += 1
-            self._warn_once(
+            self._warnings.warning(
                 f"mask-raise:{type(exc).__name__}",
                 "moesif_otel: MASK_EVENT_MODEL raised %r; the event is dropped, not sent unmasked "
                 "(logged once; see stats()['dropped_mask'])",
@@ -200,7 +194,7 @@ class MoesifSpanExporter(SpanExporter):
             return None
         if not isinstance(result, EventModel):
             self.dropped_mask += 1
-            self._warn_once(
+            self._warnings.warning(
                 f"mask-type:{type(result).__name__}",
                 "moesif_otel: MASK_EVENT_MODEL returned %s, not an EventModel; the event is dropped "
                 "(logged once; see stats()['dropped_mask'])",
@@ -228,12 +222,12 @@ class MoesifSpanExporter(SpanExporter):
                 return data
         except (TypeError, ValueError, RecursionError) as exc:  # e.g. a mask hook put a datetime in it
             self.dropped_conversion += 1
-            self._warn_once(
+            self._warnings.warning(
                 f"json:{type(exc).__name__}", "moesif_otel: event is not JSON serialisable: %s", exc
             )
             return None
         self.dropped_too_large += 1
-        self._warn_once("too-large", "moesif_otel: an event is over 1 MB even without bodies; dropped")
+        self._warnings.warning("too-large", "moesif_otel: an event is over 1 MB even without bodies; dropped")
         return None
 
     def _payloads(self, encoded: list[bytes]) -> list[tuple[bytes, int]]:

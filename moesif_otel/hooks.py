@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from moesif_otel.logonce import LogOnce
+
 logger = logging.getLogger("moesif_otel")
 
 _MISSING = object()
@@ -44,23 +46,18 @@ CHECKS: dict[str, Callable[[Any], Any]] = {"text": _text, "mapping": _mapping, "
 class Hook:
     """One user function, called failsafe; sync or ``async def``."""
 
-    __slots__ = ("_check", "_lock", "_logged", "expected", "fn", "name")
+    __slots__ = ("_check", "_warnings", "expected", "fn", "name")
 
     def __init__(self, name: str, fn: Callable[..., Any], expected: str) -> None:
         self.name = name
         self.fn = fn
         self.expected = expected
         self._check = CHECKS[expected]
-        self._logged: set[str] = set()
-        self._lock = threading.Lock()
+        self._warnings = LogOnce(logger)
 
     def warn_once(self, cause: str, message: str, *args: Any, exc_info: bool = False) -> None:
         """Log ``message`` the first time this hook shows ``cause``; later occurrences are silent."""
-        with self._lock:
-            if cause in self._logged:
-                return
-            self._logged.add(cause)
-        logger.warning(message, *args, exc_info=exc_info)
+        self._warnings.warning(cause, message, *args, exc_info=exc_info)
 
     def _result(self, value: Any) -> Any:
         if value is None:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from moesif_otel import attributes as A
 from moesif_otel.capture import flat_headers
 from moesif_otel.hooks import Hook, make_hook, metadata_json
+from moesif_otel.logonce import LogOnce
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -207,15 +208,14 @@ def exchange_attributes(method: str, uri: str, request_headers: str, status: int
     }
 
 
-_logged: set[str] = set()
+_failures = LogOnce(logger)
 
 
 def failed(where: str) -> None:
     """Our own bug must not become the app's: log once per place, never raise."""
-    if where in _logged:
-        return
-    _logged.add(where)
-    logger.warning("moesif_otel: outgoing capture failed in the %s (logged once)", where, exc_info=True)
+    _failures.warning(
+        where, "moesif_otel: outgoing capture failed in the %s (logged once)", where, exc_info=True
+    )
 
 
 # --- hooks -----------------------------------------------------------------------------------------
