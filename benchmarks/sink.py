@@ -17,18 +17,9 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-_CONFIG = json.dumps(
-    {
-        "org_id": "bench",
-        "app_id": "bench",
-        "sample_rate": 100,
-        "user_sample_rate": {},
-        "company_sample_rate": {},
-        "user_rules": {},
-        "company_rules": {},
-        "regex_config": [],
-    }
-).encode()
+from moesif_otel.collector.server import DEFAULT_CONFIG
+
+_CONFIG = json.dumps({"org_id": "bench", "app_id": "bench", **DEFAULT_CONFIG}).encode()
 
 
 class Counts:
