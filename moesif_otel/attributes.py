@@ -13,7 +13,6 @@ URL_FULL = "url.full"
 CLIENT_ADDRESS = "client.address"
 HTTP_ROUTE = "http.route"
 USER_ID = "user.id"
-SESSION_ID = "session.id"
 
 HTTP_REQUEST_BODY_CONTENT = "http.request.body.content"
 HTTP_RESPONSE_BODY_CONTENT = "http.response.body.content"
@@ -53,10 +52,7 @@ MOESIF_RESPONSE_TIME = "moesif.response.time"  # int, ns since epoch (response c
 MOESIF_REQUEST_URI = "moesif.request.uri"
 MOESIF_REQUEST_HEADERS = "moesif.request.headers"  # str: "name:value" lines, lower-case names
 MOESIF_RESPONSE_HEADERS = "moesif.response.headers"  # str: as above
-MOESIF_REQUEST_IP = "moesif.request.ip_address"
-MOESIF_API_VERSION = "moesif.api_version"
-MOESIF_REQUEST_BODY_TRUNCATED = "moesif.request.body.truncated"  # bool
-MOESIF_RESPONSE_BODY_TRUNCATED = "moesif.response.body.truncated"  # bool
+MOESIF_REQUEST_BODY_TRUNCATED = "moesif.request.body.truncated"  # bool: the app left part of it unread
 MOESIF_REQUEST_BODY_OMITTED = "moesif.request.body.omitted"  # str: why no body (e.g. "multipart")
 MOESIF_RESPONSE_BODY_OMITTED = "moesif.response.body.omitted"
 # bool: the body bytes are already decoded although a Content-Encoding header is present
