@@ -107,6 +107,7 @@ class HttpCapture:
         else:
             if not exchange.finished:
                 # The app returned without completing the response (client went away, or a bug).
+                await exchange.drain_request()
                 await exchange.finish()
 
 
@@ -238,7 +239,7 @@ class Exchange:
         if message.get("more_body", False):
             await self._send(message)
             return
-        await self._drain_request()  # while the request can still be read
+        await self.drain_request()  # while the request can still be read
         if self.owns_span:
             # The span is ours: complete the response, then hooks and attributes, then end the
             # span (background tasks that run after the response are not part of it).
@@ -277,8 +278,6 @@ class Exchange:
         self.finished = True
         if not self.response_end_ns:
             self.response_end_ns = time.time_ns()
-        if error is None:
-            await self._drain_request()
         try:
             results = await self._complete(error)
         except Exception:  # our own bug must not become the app's
@@ -286,7 +285,7 @@ class Exchange:
             results = {}
         self.record(error=error, hook_results=results)
 
-    async def _drain_request(self) -> None:
+    async def drain_request(self) -> None:
         """Read request body the app left unread, up to the cap, so the event still has it."""
         if not self.options.log_body or self.request_complete or self.disconnected:
             return
