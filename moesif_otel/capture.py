@@ -437,6 +437,18 @@ def body_value(captured: bytearray) -> str | bytes:
         return bytes(captured)
 
 
+def flush_before_shutdown_complete(send: Send, flush: Callable[[], object]) -> Send:
+    """Wrap a lifespan ``send``: run ``flush`` (bounded, off the loop) before the server is told
+    the app has shut down — the server exits right after that message."""
+
+    async def lifespan_send(message: Message) -> None:
+        if message["type"] == "lifespan.shutdown.complete":
+            await asyncio.get_running_loop().run_in_executor(None, flush)
+        await send(message)
+
+    return lifespan_send
+
+
 def _transaction_id(scope: Scope) -> str:
     for name, value in scope.get("headers", ()):
         if name.lower() == TRANSACTION_HEADER:

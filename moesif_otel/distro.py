@@ -31,7 +31,6 @@ sends every call an app with no Moesif code serves to Moesif, bodies included. D
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import logging
 import os
@@ -57,7 +56,15 @@ from opentelemetry.sdk.environment_variables import (
 )
 from opentelemetry.util._importlib_metadata import EntryPoint, entry_points
 
-from moesif_otel.capture import ASGIApp, CaptureOptions, HttpCapture, Message, Receive, Scope, Send
+from moesif_otel.capture import (
+    ASGIApp,
+    CaptureOptions,
+    HttpCapture,
+    Receive,
+    Scope,
+    Send,
+    flush_before_shutdown_complete,
+)
 from moesif_otel.outgoing import OutgoingOptions
 from moesif_otel.settings import ENV_PREFIX, Settings, settings_reference
 
@@ -122,21 +129,15 @@ class _AutoCapture(HttpCapture):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self.app(scope, receive, _flush_before_shutdown_complete(send))
+            await self.app(scope, receive, flush_before_shutdown_complete(send, _flush_moesif))
         else:
             await super().__call__(scope, receive, send)
 
 
-def _flush_before_shutdown_complete(send: Send) -> Send:
-    async def lifespan_send(message: Message) -> None:
-        if message["type"] == "lifespan.shutdown.complete":
-            from moesif_otel.providers import flush_moesif
+def _flush_moesif() -> None:
+    from moesif_otel.providers import flush_moesif
 
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, flush_moesif, None, _state.shutdown_timeout)
-        await send(message)
-
-    return lifespan_send
+    flush_moesif(None, _state.shutdown_timeout)
 
 
 def _install_capture(instrumentor: Any) -> None:

@@ -8,14 +8,21 @@ inside a server span (FastAPIInstrumentor, ``opentelemetry-instrument``), captur
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
-from moesif_otel.capture import ASGIApp, CaptureOptions, HttpCapture, Message, Receive, Scope, Send
+from moesif_otel.capture import (
+    ASGIApp,
+    CaptureOptions,
+    HttpCapture,
+    Receive,
+    Scope,
+    Send,
+    flush_before_shutdown_complete,
+)
 from moesif_otel.config_sync import ConfigSync
 from moesif_otel.hooks import make_hook
 from moesif_otel.pipeline import Pipeline
@@ -76,18 +83,9 @@ class MoesifMiddleware:
             else:
                 await self._traced(scope, receive, send)
         elif kind == "lifespan":
-            await self.app(scope, receive, self._lifespan_send(send))
+            await self.app(scope, receive, flush_before_shutdown_complete(send, self.pipeline.flush))
         else:  # websocket and anything newer: untouched
             await self.app(scope, receive, send)
-
-    def _lifespan_send(self, send: Send) -> Send:
-        async def lifespan_send(message: Message) -> None:
-            if message["type"] == "lifespan.shutdown.complete":
-                # The server exits right after this message: deliver what is queued first (bounded).
-                await asyncio.get_running_loop().run_in_executor(None, self.pipeline.flush)
-            await send(message)
-
-        return lifespan_send
 
     # -- operations -------------------------------------------------------------------------------
 
