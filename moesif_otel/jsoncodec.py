@@ -11,7 +11,6 @@ on which one ran.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 try:
@@ -35,7 +34,7 @@ def dumps(value: Any) -> bytes:
 
 def loads(data: bytes | bytearray | str) -> Any:
     """Parse JSON text; raises ValueError (NaN and Infinity are not JSON and are refused)."""
-    if orjson is not None and not _LONG_DIGITS[type(data) is str].search(data):
+    if orjson is not None and not _has_long_digit_run(data):
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -46,8 +45,17 @@ def loads(data: bytes | bytearray | str) -> Any:
 
 
 # orjson reads integers beyond 64 bits as floats, silently losing digits (a 20-digit id would
-# change); text with that many digits in a row goes to the standard library instead.
-_LONG_DIGITS = (re.compile(rb"\d{19}"), re.compile(r"\d{19}"))
+# change); text with that many digits in a row goes to the standard library instead. Found by
+# mapping every digit to "1" and everything else to "0" (C speed; a regex took most of the time
+# of parsing a small body).
+_DIGIT_MAP = bytes(0x31 if 0x30 <= i <= 0x39 else 0x30 for i in range(256))
+_LONG_RUN = b"1" * 19
+
+
+def _has_long_digit_run(data: bytes | bytearray | str) -> bool:
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogatepass")
+    return _LONG_RUN in data.translate(_DIGIT_MAP)
 
 
 def _refuse_constant(name: str) -> Any:
