@@ -41,9 +41,23 @@ class EventOptions:
     plain_client_spans: bool = False
 
 
+def span_attributes(span: ReadableSpan) -> Mapping[str, Any]:
+    """The span's attributes, read-only, as cheaply as the SDK allows.
+
+    ``span.attributes`` is a proxy over the SDK's ``BoundedAttributes``, whose every lookup and
+    iteration runs Python code (copying one span's took 2.7 us, the plain dict beneath 0.08 us).
+    A finished span's attributes no longer change, so that dict is read directly; any other layout
+    gets a copy.
+    """
+    inner = getattr(getattr(span, "_attributes", None), "_dict", None)
+    if type(inner) is dict:
+        return inner
+    return dict(span.attributes or {})
+
+
 def is_api_call(span: ReadableSpan, options: EventOptions | None = None) -> bool:
     """Cheap filter: an HTTP server (or wanted client) span that was not SKIPped or sampled out."""
-    attrs = span.attributes or {}
+    attrs = span_attributes(span)
     if attrs.get(A.MOESIF_SKIP):
         return False
     if attrs.get(A.MOESIF_CAPTURED):
@@ -140,8 +154,7 @@ def _put_body(part: dict[str, Any], encoded: EncodedBody | None) -> None:
 
 def event_document(span: ReadableSpan, options: EventOptions) -> dict[str, Any]:
     """The event as the collector receives it (absent fields left out, not null)."""
-    # one copy: the span's read-only view answers each of the ~30 lookups below in Python code
-    attrs: Mapping[str, Any] = dict(span.attributes or {})
+    attrs = span_attributes(span)
     captured = bool(attrs.get(A.MOESIF_CAPTURED))
     if captured:
         request_headers = header_map(attrs.get(A.MOESIF_REQUEST_HEADERS))

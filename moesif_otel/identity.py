@@ -69,6 +69,8 @@ def client_ip(headers: Mapping[str, str], peer: str | None, *, lowered: bool = F
     try:
         if not lowered:
             headers = _lowered(headers)
+        if headers.keys().isdisjoint(CLIENT_IP_HEADERS):  # no proxy in front: the common case
+            return _parse_ip(peer) if isinstance(peer, str) else None
     except Exception:
         headers = {}
     for name in CLIENT_IP_HEADERS:

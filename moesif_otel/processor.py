@@ -113,7 +113,11 @@ class MoesifSpanProcessor(SpanProcessor):
                     self._cond.wait(self.schedule_delay)
                 if self._shutdown and not self._queue:
                     return
-            self._drain()
+                # Woken by a full batch: send full batches only, and leave the stragglers for the
+                # next one (or for the timer). Draining them too made a busy app send every
+                # full batch followed by a small one, twice the uploads for the same events.
+                full_only = not self._shutdown and len(self._queue) >= self.max_batch_size
+            self._drain(full_only=full_only)
 
     def _take(self) -> list[ReadableSpan]:
         batch: list[ReadableSpan] = []
@@ -122,10 +126,13 @@ class MoesifSpanProcessor(SpanProcessor):
             batch.append(queue.popleft())
         return batch
 
-    def _drain(self, deadline: float | None = None) -> bool:
-        """Export everything queued (until the deadline). True when the queue was emptied."""
+    def _drain(self, deadline: float | None = None, *, full_only: bool = False) -> bool:
+        """Export everything queued (or only full batches), until the deadline. True when the
+        queue was emptied."""
         while True:
             with self._cond:
+                if full_only and len(self._queue) < self.max_batch_size:
+                    return not self._queue
                 batch = self._take()
                 if not batch:
                     return True

@@ -345,6 +345,34 @@ def test_a_full_batch_leaves_without_waiting_for_the_timeout(collector: Collecto
         assert [b["count"] for b in collector.batches] == [10]
 
 
+def test_a_busy_app_sends_full_batches_not_each_full_batch_and_its_stragglers(collector: Collector) -> None:
+    """Events queued behind a full batch wait for the next full one (or the timer); they used to
+    leave right after it in an upload of their own, doubling the uploads of a busy app."""
+    exporting, release = threading.Event(), threading.Event()
+
+    def first_batch_waits(event: Any) -> Any:
+        exporting.set()
+        release.wait(10)
+        return event
+
+    app = make_app(collector, BATCH_SIZE=10, EVENT_BATCH_TIMEOUT=30, MASK_EVENT_MODEL=first_batch_waits)
+    try:
+        with serve(app) as base:
+            traffic = Traffic(base, "busy")
+            traffic.send(10, threads=1)
+            assert exporting.wait(5), "the first full batch was not exported"
+            traffic.send(3, threads=1)  # queued while the first batch is being exported
+            wait_spans_ended(app, 13)
+            release.set()
+            wait_until(lambda: len(event_ids(collector)) >= 10, "the first batch")
+            traffic.send(7, threads=1)  # completes the second batch
+            traffic.assert_all_ok(20)
+            assert_delivered(collector, traffic, timeout=10)  # long before the 30 s timer
+            assert [b["count"] for b in collector.batches] == [10, 10]
+    finally:
+        release.set()
+
+
 def test_tracer_provider_shutdown_flushes(collector: Collector) -> None:
     provider = TracerProvider()
     app = MoesifMiddleware(
