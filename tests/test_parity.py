@@ -245,6 +245,51 @@ def test_unread_and_empty_request_bodies(collector: Collector) -> None:
     assert "body" not in by_path["read"]["request"]
 
 
+@pytest.mark.parametrize(
+    ("http_version", "headers", "drained"),
+    [
+        ("1.1", [], False),
+        ("1.0", [], False),
+        ("1.1", [(b"content-length", b"0")], False),
+        ("1.1", [(b"content-length", b"12")], True),
+        ("1.1", [(b"transfer-encoding", b"chunked")], True),
+        ("2", [], True),  # HTTP/2 frames a body without either header
+    ],
+)
+def test_only_a_request_that_can_have_a_body_is_drained(
+    collector: Collector, http_version: str, headers: list[tuple[bytes, bytes]], drained: bool
+) -> None:
+    """A body the app left unread is read for the event; a request without one is not waited on."""
+    app = make_app(settings_for(collector, LOG_BODY=True))  # GET /text never reads the body
+    receives = 0
+
+    async def run() -> int:
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": http_version, "method": "GET",
+            "scheme": "http", "path": "/text", "raw_path": b"/text", "query_string": b"",
+            "headers": [(b"host", b"example.test"), *headers], "server": ("example.test", 80),
+            "client": ("127.0.0.1", 5000),
+        }  # fmt: skip
+        statuses: list[int] = []
+
+        async def receive() -> dict[str, Any]:
+            nonlocal receives
+            receives += 1
+            return {"type": "http.request", "body": b"hello world!" if drained else b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        await app(scope, receive, send)
+        return statuses[0]
+
+    assert asyncio.run(run()) == 200
+    [event] = collector.wait_for_events(1)
+    assert receives == (1 if drained else 0)
+    assert ("body" in event["request"]) is drained
+
+
 def test_client_disconnect_mid_stream_still_records(collector: Collector) -> None:
     with serve(edge_app(collector)) as base:
         host, port = base.removeprefix("http://").split(":")
