@@ -79,6 +79,7 @@ async def _traffic(app: Any, rounds: int) -> None:
         assert await _request(app, "GET", "/text") == 200
         assert await _request(app, "GET", "/stream") == 200
         assert await _request(app, "GET", "/binary") == 200
+        assert await _request(app, "GET", "/text", JSON_BODY) == 200  # a body the app leaves unread
 
 
 def _describe(garbage: list[Any]) -> str:
@@ -97,22 +98,23 @@ def test_requests_leave_no_reference_cycles(collector: Collector, server_span: s
         moesif = MoesifMiddleware(app, settings_for(collector), tracer_provider=provider)
         app = OpenTelemetryMiddleware(moesif, tracer_provider=provider, meter_provider=NoOpMeterProvider())
     rounds = 30
-    asyncio.run(_traffic(app, 5))  # imports, caches and worker threads start outside the check
-    assert moesif.flush(5)
-
-    with_gc_off: list[Any]
-    gc.collect()
-    gc.disable()
+    was_enabled = gc.isenabled()
     try:
+        asyncio.run(_traffic(app, 5))  # imports, caches and worker threads start outside the check
+        assert moesif.flush(5)
+        gc.collect()
+        gc.disable()
         asyncio.run(_traffic(app, rounds))
         assert moesif.flush(5)  # the export ran too: converted, serialised, sent
         gc.set_debug(gc.DEBUG_SAVEALL)
         gc.collect()
-        with_gc_off = list(gc.garbage)
+        garbage = list(gc.garbage)
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
-        gc.enable()
+        if was_enabled:
+            gc.enable()
+        moesif.pipeline.shutdown()
 
-    assert collector.wait_for_events(5 * (rounds + 5))
-    assert with_gc_off == [], f"{len(with_gc_off)} objects in reference cycles: {_describe(with_gc_off)}"
+    assert len(collector.wait_for_events(6 * (rounds + 5))) == 6 * (rounds + 5)
+    assert garbage == [], f"{len(garbage)} objects in reference cycles: {_describe(garbage)}"
