@@ -23,6 +23,7 @@ from moesif_otel import MoesifMiddleware
 from moesif_otel.collector import Collector
 
 from .apps import make_app
+from .asgi import call
 from .servers import serve
 
 
@@ -106,25 +107,7 @@ def test_client_ip(collector: Collector, headers: dict[str, str], expected: str 
 
 def test_scope_without_client_works(collector: Collector) -> None:
     app = make_app(settings_for(collector))
-    messages: list[dict[str, Any]] = []
-
-    async def run() -> None:
-        scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-            "scheme": "http", "path": "/items/9", "raw_path": b"/items/9", "query_string": b"",
-            "headers": [(b"host", b"example.test")], "server": ("example.test", 80),
-        }  # fmt: skip
-
-        async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message: dict[str, Any]) -> None:
-            messages.append(message)
-
-        await app(scope, receive, send)
-
-    asyncio.run(run())
-    assert messages[0]["status"] == 200
+    assert asyncio.run(call(app, "GET", "/items/9", client=None)).status == 200
     mw = app.middleware_stack
     while not isinstance(mw, MoesifMiddleware):
         mw = mw.app
@@ -261,32 +244,11 @@ def test_only_a_request_that_can_have_a_body_is_drained(
 ) -> None:
     """A body the app left unread is read for the event; a request without one is not waited on."""
     app = make_app(settings_for(collector, LOG_BODY=True))  # GET /text never reads the body
-    receives = 0
-
-    async def run() -> int:
-        scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": http_version, "method": "GET",
-            "scheme": "http", "path": "/text", "raw_path": b"/text", "query_string": b"",
-            "headers": [(b"host", b"example.test"), *headers], "server": ("example.test", 80),
-            "client": ("127.0.0.1", 5000),
-        }  # fmt: skip
-        statuses: list[int] = []
-
-        async def receive() -> dict[str, Any]:
-            nonlocal receives
-            receives += 1
-            return {"type": "http.request", "body": b"hello world!" if drained else b"", "more_body": False}
-
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                statuses.append(message["status"])
-
-        await app(scope, receive, send)
-        return statuses[0]
-
-    assert asyncio.run(run()) == 200
+    body = b"hello world!" if drained else b""
+    exchange = asyncio.run(call(app, "GET", "/text", body=body, headers=headers, http_version=http_version))
+    assert exchange.status == 200
     [event] = collector.wait_for_events(1)
-    assert receives == (1 if drained else 0)
+    assert exchange.receives == (1 if drained else 0)
     assert ("body" in event["request"]) is drained
 
 

@@ -23,6 +23,7 @@ from moesif_otel import MoesifMiddleware
 from moesif_otel.collector import Collector
 
 from .apps import make_app
+from .asgi import call, json_headers
 
 JSON_BODY = json.dumps({"name": "ada", "password": "secret", "items": [1, 2, 3]}).encode()
 
@@ -40,46 +41,15 @@ def settings_for(collector: Collector) -> dict[str, Any]:
     }
 
 
-async def _request(app: Any, method: str, path: str, body: bytes = b"") -> int:
-    headers = [(b"host", b"api.test"), (b"user-agent", b"cycles/1")]
-    if body:
-        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-        "root_path": "", "headers": headers, "client": ("127.0.0.1", 50000),
-        "server": ("api.test", 80),
-    }  # fmt: skip
-    done = asyncio.Event()
-    statuses: list[int] = []
-    body_sent = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal body_sent
-        if not body_sent:
-            body_sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await done.wait()  # as a server does: the disconnect comes after the response
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            statuses.append(message["status"])
-        elif message["type"] == "http.response.body" and not message.get("more_body"):
-            done.set()
-
-    await app(scope, receive, send)
-    return statuses[0]
-
-
 async def _traffic(app: Any, rounds: int) -> None:
+    with_body = {"body": JSON_BODY, "headers": json_headers(JSON_BODY)}
     for i in range(rounds):
-        assert await _request(app, "GET", f"/items/{i}") == 200
-        assert await _request(app, "POST", "/users", JSON_BODY) == 201
-        assert await _request(app, "GET", "/text") == 200
-        assert await _request(app, "GET", "/stream") == 200
-        assert await _request(app, "GET", "/binary") == 200
-        assert await _request(app, "GET", "/text", JSON_BODY) == 200  # a body the app leaves unread
+        assert (await call(app, "GET", f"/items/{i}")).status == 200
+        assert (await call(app, "POST", "/users", **with_body)).status == 201
+        assert (await call(app, "GET", "/text")).status == 200
+        assert (await call(app, "GET", "/stream")).status == 200
+        assert (await call(app, "GET", "/binary")).status == 200
+        assert (await call(app, "GET", "/text", **with_body)).status == 200  # unread: capture drains it
 
 
 def _describe(garbage: list[Any]) -> str:
