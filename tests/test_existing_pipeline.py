@@ -15,7 +15,7 @@ from opentelemetry.instrumentation.utils import is_http_instrumentation_enabled
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanContext, SpanKind
 
 from moesif_otel import MoesifMiddleware, MoesifSpanExporter
 from moesif_otel.collector import Collector
@@ -166,3 +166,41 @@ def test_moesif_middleware_on_a_provider_that_already_exports_to_moesif(collecto
     finally:
         provider.shutdown()
     assert collector.event_count == 3
+
+
+def test_spans_of_any_layout_become_events(collector: Collector) -> None:
+    """The exporter reads the SDK's own span attributes directly; a ReadableSpan built by other
+    code (a plain dict of attributes, as processors and tests build them) must work as well."""
+    context = SpanContext(trace_id=0x1F, span_id=0x2A, is_remote=False)
+    built = ReadableSpan(
+        name="GET /built",
+        context=context,
+        kind=SpanKind.SERVER,
+        attributes={
+            "http.request.method": "GET",
+            "url.scheme": "https",
+            "server.address": "api.test",
+            "url.path": "/built",
+            "http.response.status_code": 202,
+        },
+        start_time=1_700_000_000_000_000_000,
+        end_time=1_700_000_000_005_000_000,
+    )
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    with provider.get_tracer("tests").start_as_current_span("GET", kind=SpanKind.SERVER) as span:
+        span.set_attributes({"http.request.method": "GET", "url.path": "/sdk"})
+        span.set_attribute("http.response.status_code", 200)
+    [from_sdk] = memory.get_finished_spans()
+
+    exporter = MoesifSpanExporter({"APPLICATION_ID": "layouts", "BASE_URI": collector.url})
+    try:
+        exporter.export([built, from_sdk])
+        assert exporter.force_flush(5_000)
+    finally:
+        exporter.shutdown()
+    events = {e["request"]["uri"]: e for e in collector.wait_for_events(2)}
+    assert events["https://api.test/built"]["response"]["status"] == 202
+    assert events["https://api.test/built"]["trace_id"] == f"{0x1F:032x}"
+    assert events["http://localhost/sdk"]["response"]["status"] == 200
