@@ -29,6 +29,7 @@ __all__ = [
     "EncodedBody",
     "base64_text",
     "encode_body",
+    "remove_keys",
 ]
 
 DEFAULT_MAX_SIZE = 1_048_576
@@ -84,6 +85,23 @@ def encode_body(
         return _encode(raw, content_type, content_encoding, total_size, max_size)
     except Exception as exc:  # the rules below handle bad input; this is the last line of defence
         return EncodedBody(None, None, f"body not encoded: {type(exc).__name__}")
+
+
+def remove_keys(value: Any, keys: frozenset[str]) -> None:
+    """Remove, in place and at any depth, every object member named in ``keys``.
+
+    What moesifpythonrequest's ``REQUEST_BODY_MASKS``/``RESPONSE_BODY_MASKS`` do to outgoing JSON
+    bodies. Iterative: a parsed body may nest deeper than Python's recursion limit.
+    """
+    pending = [value]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            for key in keys.intersection(node):
+                del node[key]
+            pending.extend(v for v in node.values() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            pending.extend(v for v in node if isinstance(v, (dict, list)))
 
 
 # --- top level -------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
 from moesif_otel import attributes as A
-from moesif_otel.body import EncodedBody, encode_body
+from moesif_otel.body import EncodedBody, encode_body, remove_keys
 from moesif_otel.identity import client_ip, user_id_from_authorization
 
 _METHOD_KEYS = (A.HTTP_REQUEST_METHOD, A.OLD_HTTP_METHOD)
@@ -39,6 +39,9 @@ class EventOptions:
     # CLIENT spans that capture did not prepare (e.g. requests instrumented by opentelemetry-instrument)
     # are calls the user did not ask to capture unless CAPTURE_OUTGOING_REQUESTS is on.
     plain_client_spans: bool = False
+    # REQUEST_BODY_MASKS / RESPONSE_BODY_MASKS: keys removed from outgoing calls' JSON bodies
+    request_body_masks: frozenset[str] = frozenset()
+    response_body_masks: frozenset[str] = frozenset()
 
 
 def span_attributes(span: ReadableSpan) -> Mapping[str, Any]:
@@ -146,6 +149,11 @@ def _body(
     )
 
 
+def _remove_masked_keys(encoded: EncodedBody | None, keys: frozenset[str]) -> None:
+    if keys and encoded is not None and encoded.transfer_encoding == "json":
+        remove_keys(encoded.body, keys)
+
+
 def _put_body(part: dict[str, Any], encoded: EncodedBody | None) -> None:
     if encoded is not None and encoded.body is not None:
         part["body"] = encoded.body
@@ -211,6 +219,9 @@ def event_document(span: ReadableSpan, options: EventOptions) -> dict[str, Any]:
         response_headers,
         options.max_body_size,
     )
+    if not incoming:
+        _remove_masked_keys(request_body, options.request_body_masks)
+        _remove_masked_keys(response_body, options.response_body_masks)
     _put_body(request, request_body)
     _put_body(response, response_body)
     if request_body is not None and request_body.note:

@@ -72,6 +72,8 @@ class MoesifSpanExporter(SpanExporter):
             authorization_user_id_field=settings.authorization_user_id_field,
             max_body_size=settings.max_body_size,
             plain_client_spans=settings.capture_outgoing_requests,
+            request_body_masks=frozenset(settings.request_body_masks),
+            response_body_masks=frozenset(settings.response_body_masks),
         )
         self._mask = settings.mask_event_model
         self._reset_counters()

@@ -7,6 +7,7 @@ import random
 import time
 import tracemalloc
 import zlib
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ from moesif_otel.body import (
     EncodedBody,
     base64_text,
     encode_body,
+    remove_keys,
 )
 
 FORM = "application/x-www-form-urlencoded"
@@ -503,3 +505,15 @@ def test_weird_argument_types_do_not_raise() -> None:
     assert encode_body("text str", content_type=123, content_encoding=object()).transfer_encoding == "base64"  # type: ignore[arg-type]
     assert encode_body(b"[1]", total_size="big", max_size=-1) == EncodedBody([1], "json")  # type: ignore[arg-type]
     assert encode_body(12345) == EncodedBody(None, None, "body not encoded: TypeError")  # type: ignore[arg-type]
+
+
+def test_remove_keys_at_any_depth_without_recursion() -> None:
+    deep: Any = {"keep": 0, "secret": 1}
+    for _ in range(5000):  # deeper than Python's recursion limit
+        deep = {"secret": "x", "child": [deep, {"secret": "y", "other": 2}]}
+    remove_keys(deep, frozenset({"secret"}))
+    node, depth = deep, 0
+    while "child" in node:
+        assert "secret" not in node and node["child"][1] == {"other": 2}
+        node, depth = node["child"][0], depth + 1
+    assert depth == 5000 and node == {"keep": 0}

@@ -258,6 +258,25 @@ def test_mask_event_model_applies_to_outgoing(collector: Collector, upstream: st
     assert "secret" not in json.dumps(event["request"])
 
 
+def test_body_masks_remove_keys_from_outgoing_json_bodies(collector: Collector, upstream: str) -> None:
+    """moesifpythonrequest's REQUEST_BODY_MASKS / RESPONSE_BODY_MASKS: keys removed at any depth."""
+    sent = {
+        "user": "ada",
+        "password": "p1",
+        "token": "t1",
+        "items": [{"password": "p2", "token": "t2", "n": 1}],
+    }
+    with capturing(collector, REQUEST_BODY_MASKS=["password"], RESPONSE_BODY_MASKS=["token"]) as capture:
+        assert requests.post(f"{upstream}/echo", json=sent, timeout=5).json() == sent  # the app sees all
+        [event] = capture.events(collector, 1)
+    assert event["request"]["body"] == {"user": "ada", "token": "t1", "items": [{"token": "t2", "n": 1}]}
+    assert event["response"]["body"] == {
+        "user": "ada",
+        "password": "p1",
+        "items": [{"password": "p2", "n": 1}],
+    }
+
+
 def test_requests_stream_is_left_to_the_app(collector: Collector, upstream: str) -> None:
     with capturing(collector) as capture:
         with requests.get(f"{upstream}/stream", stream=True, timeout=5) as answer:
