@@ -66,12 +66,13 @@ class MoesifSpanProcessor(SpanProcessor):
     def _init_state(self) -> None:
         """Fresh queue, lock, worker and counters: at construction and in a forked child, whose stats
         then describe its own events, like its delivery's (the parent counts the parent's)."""
-        self.queued = 0
+        self._taken = 0  # spans handed to the exporter so far
         self.dropped_queue_full = 0
         self._queue: deque[ReadableSpan] = deque()
         self._cond = threading.Condition(threading.Lock())
         self._exporting = 0
         self._worker: threading.Thread | None = None
+        self._idle = False  # the worker is (about to be) waiting for a full batch or its timer
 
     # -- request path -----------------------------------------------------------------------------
 
@@ -82,19 +83,22 @@ class MoesifSpanProcessor(SpanProcessor):
         if self._shutdown or not is_api_call(span):
             return
         if len(self._queue) >= self.max_queue_size:
-            self.dropped_queue_full += 1
-            if self.dropped_queue_full == 1 or self.dropped_queue_full % 1000 == 0:
+            with self._cond:  # spans end on any thread; a bare += could lose a drop
+                self.dropped_queue_full += 1
+                dropped = self.dropped_queue_full
+            if dropped == 1 or dropped % 1000 == 0:
                 logger.warning(
                     "moesif_otel: event queue full (EVENT_QUEUE_SIZE=%d); %d events dropped so far",
                     self.max_queue_size,
-                    self.dropped_queue_full,
+                    dropped,
                 )
             return
-        self._queue.append(span)
-        self.queued += 1
+        self._queue.append(span)  # thread-safe; what was queued is counted from it (``queued``)
         if self._worker is None:
             self._start_worker()
-        if len(self._queue) >= self.max_batch_size:
+        if self._idle and len(self._queue) >= self.max_batch_size:
+            # Only a waiting worker needs waking: taking the lock for every span while it
+            # exports made threads that end spans queue up on it (and on the GIL).
             with self._cond:
                 self._cond.notify()
 
@@ -109,8 +113,12 @@ class MoesifSpanProcessor(SpanProcessor):
     def _run(self) -> None:
         while True:
             with self._cond:
+                # idle is set before the queue is looked at: a span appended after the look sees
+                # it and notifies; one appended before it is seen by the look
+                self._idle = True
                 if not self._shutdown and len(self._queue) < self.max_batch_size:
                     self._cond.wait(self.schedule_delay)
+                self._idle = False
                 if self._shutdown and not self._queue:
                     return
                 # Woken by a full batch: send full batches only, and leave the stragglers for the
@@ -120,10 +128,12 @@ class MoesifSpanProcessor(SpanProcessor):
             self._drain(full_only=full_only)
 
     def _take(self) -> list[ReadableSpan]:
+        """Up to a batch from the queue; the caller holds ``_cond``."""
         batch: list[ReadableSpan] = []
         queue = self._queue
         while queue and len(batch) < self.max_batch_size:
             batch.append(queue.popleft())
+        self._taken += len(batch)
         return batch
 
     def _drain(self, deadline: float | None = None, *, full_only: bool = False) -> bool:
@@ -157,7 +167,8 @@ class MoesifSpanProcessor(SpanProcessor):
             while self._exporting and time.monotonic() < deadline:
                 self._cond.wait(max(0.0, deadline - time.monotonic()))
         remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
-        delivered = self.exporter.force_flush(remaining_ms)
+        # the SDK's base SpanExporter.force_flush returns None: only False means not delivered
+        delivered = self.exporter.force_flush(remaining_ms) is not False
         return emptied and delivered and not self._exporting
 
     def shutdown(self) -> None:
@@ -174,6 +185,12 @@ class MoesifSpanProcessor(SpanProcessor):
             self.exporter.shutdown(timeout_millis=remaining_ms)
         else:
             self.exporter.shutdown()
+
+    @property
+    def queued(self) -> int:
+        """Spans accepted into the queue so far (exported or still waiting)."""
+        with self._cond:
+            return self._taken + len(self._queue)
 
     def stats(self) -> dict[str, int]:
         return {"spans_queued": self.queued, "dropped_queue_full": self.dropped_queue_full}

@@ -1,0 +1,79 @@
+"""MoesifSpanProcessor on its own: spans end on any thread, and every one is counted and exported."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanContext, SpanKind
+
+from moesif_otel import MoesifSpanProcessor
+
+
+class Counting(SpanExporter):
+    """Records what it is given; force_flush is the SDK base class's (it returns None)."""
+
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+        self.batches: list[int] = []
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.spans.extend(spans)
+        self.batches.append(len(spans))
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+
+_RESOURCE = Resource.get_empty()
+
+
+def server_span(i: int) -> ReadableSpan:
+    return ReadableSpan(
+        name="GET",
+        context=SpanContext(trace_id=i + 1, span_id=i + 1, is_remote=False),
+        kind=SpanKind.SERVER,
+        attributes={"http.request.method": "GET", "url.path": f"/{i}"},
+        resource=_RESOURCE,  # without one, each ReadableSpan runs the resource detectors
+    )
+
+
+def test_spans_ending_on_many_threads_are_all_counted_and_exported() -> None:
+    exporter = Counting()
+    processor = MoesifSpanProcessor(exporter, max_queue_size=100_000, max_batch_size=100)
+    threads, per_thread = 8, 2_000
+    spans = [server_span(i) for i in range(threads * per_thread)]
+    start = threading.Barrier(threads)
+
+    def end(chunk: list[ReadableSpan]) -> None:
+        start.wait()
+        for span in chunk:
+            processor.on_end(span)
+
+    chunks = [spans[t * per_thread : (t + 1) * per_thread] for t in range(threads)]
+    workers = [threading.Thread(target=end, args=(chunk,)) for chunk in chunks]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert processor.force_flush(10_000)
+    processor.shutdown()
+
+    assert processor.stats() == {"spans_queued": threads * per_thread, "dropped_queue_full": 0}
+    assert len(exporter.spans) == threads * per_thread
+    assert {id(s) for s in exporter.spans} == {id(s) for s in spans}
+    assert max(exporter.batches) <= 100
+
+
+def test_drops_at_the_queue_bound_are_counted_exactly() -> None:
+    exporter = Counting()
+    processor = MoesifSpanProcessor(exporter, max_queue_size=50, max_batch_size=1_000, schedule_delay=60)
+    for i in range(80):  # the worker waits for a full batch or its timer: nothing leaves meanwhile
+        processor.on_end(server_span(i))
+    assert processor.stats() == {"spans_queued": 50, "dropped_queue_full": 30}
+    processor.shutdown()
+    assert len(exporter.spans) == 50
