@@ -14,8 +14,6 @@ response is then complete for the client), then hooks and attributes, then an em
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import logging
 import random
 import time
@@ -248,11 +246,7 @@ class Exchange:
         if self.owns_span:
             # The span is ours: complete the response, then hooks and attributes, then end the
             # span (background tasks that run after the response are not part of it).
-            token = context.attach(_EMPTY_CONTEXT)  # a pipelined next request starts in this call
-            try:
-                await self._send(message)
-            finally:
-                context.detach(token)
+            await self._send_last(message)
             self.response_end_ns = time.time_ns()
             await self.finish()
             self.span.end()
@@ -263,18 +257,22 @@ class Exchange:
             await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
         self.response_end_ns = time.time_ns()
         await self.finish()
-        await self._close_response()
+        await self._send_last({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _close_response(self) -> None:
-        """Send the closing message from an empty context.
+    async def _send_last(self, message: Message) -> None:
+        """Send the message that completes the response with no OTel context attached.
 
-        The client may have sent its next request on this connection while the hooks ran; the
-        server starts it from inside this call, and a task inherits the caller's context: it would
-        run under this request's span (and any other context variable of this request).
+        The client may have sent its next request on this connection (while the hooks ran, say);
+        the server starts it from inside this call, and the task it starts copies the caller's
+        context: with this request's span current, the next request would join it instead of
+        getting its own. An attach, not a task in an empty context: no per-request task, and no
+        asyncio-only call (apps run under trio too).
         """
-        closing = self._send({"type": "http.response.body", "body": b"", "more_body": False})
-        task = contextvars.Context().run(asyncio.get_running_loop().create_task, closing)
-        await task
+        token = context.attach(_EMPTY_CONTEXT)
+        try:
+            await self._send(message)
+        finally:
+            context.detach(token)
 
     # -- completion -------------------------------------------------------------------------------
 
@@ -294,20 +292,21 @@ class Exchange:
         """Read request body the app left unread, up to the cap, so the event still has it."""
         if not self.options.log_body or self.request_complete or self.disconnected:
             return
-        deadline = time.monotonic() + _DRAIN_TIMEOUT
-        while (
-            not self.request_complete
-            and not self.disconnected
-            and len(self.request_body) < self.options.max_body_size
-        ):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            try:
-                message = await asyncio.wait_for(self._receive(), remaining)
-            except (asyncio.TimeoutError, Exception):
-                return
-            self._observe_request(message)
+        # anyio's cancel scope, not asyncio.wait_for: the same under asyncio and trio, and one timer
+        # where wait_for cost a task and a timer
+        from anyio import move_on_after
+
+        with move_on_after(_DRAIN_TIMEOUT):
+            while (
+                not self.request_complete
+                and not self.disconnected
+                and len(self.request_body) < self.options.max_body_size
+            ):
+                try:
+                    message = await self._receive()
+                except Exception:
+                    return
+                self._observe_request(message)
 
     async def identify(self, request: Any, response: Any) -> None:
         """User and company, once per request: the hooks, then the Authorization header."""
@@ -448,7 +447,9 @@ def flush_before_shutdown_complete(send: Send, flush: Callable[[], object]) -> S
 
     async def lifespan_send(message: Message) -> None:
         if message["type"] == "lifespan.shutdown.complete":
-            await asyncio.get_running_loop().run_in_executor(None, flush)
+            from anyio import to_thread  # asyncio or trio, whichever the server runs
+
+            await to_thread.run_sync(flush)
         await send(message)
 
     return lifespan_send
