@@ -234,7 +234,7 @@ class Exchange:
             await self._send(message)
             return
         chunk = message.get("body", b"")
-        if chunk:
+        if chunk and self.scope["method"] != "HEAD":  # servers send no body for HEAD
             self.response_size += len(chunk)
             room = self.options.max_body_size - len(self.response_body)
             if self.options.log_body and room > 0:
@@ -378,12 +378,20 @@ class Exchange:
             return
         scope = self.scope
         status = self.status
+        if error is not None and self.disconnected and self.response_headers is None:
+            # The client left before any response (mid-body, say): it got nothing, no 500. The
+            # app's exception (Starlette's ClientDisconnect) is its reaction to that, not a
+            # failure: recorded as every disconnect is, aborted without a status (the event
+            # says 499).
+            error = None
         if error is not None:
             self.aborted = self.response_headers is not None
             if not status:
                 status = 500  # what the server answers for an unhandled exception
         elif self.response_headers is None or not self.response_end_ns or self.disconnected:
             self.aborted = self.response_headers is None or self.disconnected
+            if self.response_headers is None and not self.disconnected:
+                status = 500  # the app returned without a response: the server answers 500
         # Kept to what the span lacks: its kind says Incoming, its start time is the request's,
         # OTel's middleware records the peer address.
         attrs: dict[str, Any] = {
@@ -520,7 +528,31 @@ def flat_headers(raw: Any, transaction_id: str | None) -> str:
 
 
 def request_uri(scope: Scope) -> str:
-    """Full URL as the client asked for it: scheme, Host header (or server), raw path, query."""
+    """Full URL as the client asked for it: scheme, Host header (or server), raw path, query.
+
+    An absolute-form target (``GET http://other.example:81/p HTTP/1.1``, RFC 9112 3.2.2), which
+    servers pass through as the path, is that URL already.
+    """
+    raw_path = scope.get("raw_path")
+    if raw_path:
+        path = raw_path.decode("latin-1")
+        if "?" in path:  # some servers include the query in raw_path
+            path = path.split("?", 1)[0]
+        absolute = not path.startswith("/") and "://" in path
+    else:
+        path = scope.get("path", "/")  # includes root_path (ASGI spec)
+        absolute = not path.startswith("/") and "://" in path
+        if not absolute:
+            from urllib.parse import quote
+
+            path = quote(path)
+    uri = path if absolute else f"{scope.get('scheme') or 'http'}://{_host(scope)}{path}"
+    query = scope.get("query_string", b"")
+    return f"{uri}?{query.decode('latin-1')}" if query else uri
+
+
+def _host(scope: Scope) -> str:
+    """The Host header, else the server address (the port left out when it is the default)."""
     scheme = scope.get("scheme") or "http"
     host = None
     for name, value in scope.get("headers", ()):
@@ -537,15 +569,4 @@ def request_uri(scope: Scope) -> str:
             host = address if port is None or default else f"{address}:{port}"
         else:
             host = "localhost"
-    raw_path = scope.get("raw_path")
-    if raw_path:
-        path = raw_path.decode("latin-1")
-        if "?" in path:  # some servers include the query in raw_path
-            path = path.split("?", 1)[0]
-    else:
-        from urllib.parse import quote
-
-        path = quote(scope.get("path", "/"))  # includes root_path (ASGI spec)
-    query = scope.get("query_string", b"")
-    uri = f"{scheme}://{host}{path}"
-    return f"{uri}?{query.decode('latin-1')}" if query else uri
+    return host
