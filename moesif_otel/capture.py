@@ -14,6 +14,7 @@ response is then complete for the client), then hooks and attributes, then an em
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import random
 import time
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import context, trace
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from moesif_otel import attributes as A
 from moesif_otel.appconfig import AppConfig, keep, weight_for
@@ -42,6 +43,21 @@ TRANSACTION_HEADER = b"x-moesif-transaction-id"
 _MAX_TRANSACTION_ID = 128
 # How long, at most, capture waits for request body the app never read.
 _DRAIN_TIMEOUT = 1.0
+# The span the innermost capture in this context records onto. An endpoint that calls another
+# MoesifMiddleware-wrapped app in-process (TestClient, httpx.ASGITransport) runs that app with the
+# outer request's span current: the inner request must get its own span, not write onto that one.
+_CAPTURING: contextvars.ContextVar[Any] = contextvars.ContextVar("moesif_otel.capturing", default=None)
+
+
+def joinable_server_span() -> bool:
+    """True when the current span is a request's SERVER span that no capture records onto yet:
+    the span an instrumentor (FastAPIInstrumentor, ``opentelemetry-instrument``) opened for this
+    request. Any other recording span (a nested call's enclosing request, a user's INTERNAL span)
+    is not this request's."""
+    span = trace.get_current_span()
+    if not span.is_recording() or span is _CAPTURING.get():
+        return False
+    return getattr(span, "kind", None) is SpanKind.SERVER
 
 
 @dataclass(frozen=True)
@@ -81,7 +97,7 @@ class HttpCapture:
             await self.app(scope, receive, send)
             return
         span = trace.get_current_span()
-        if not span.is_recording():
+        if not span.is_recording() or span is _CAPTURING.get():
             await self.app(scope, receive, send)
             return
         config = self.options.app_config() if self.options.app_config is not None else None
@@ -90,6 +106,7 @@ class HttpCapture:
         # would make every request a reference cycle (span and bodies included) that only the
         # garbage collector frees; its full collections were the benchmark's p99.
         scope[SCOPE_KEY] = True
+        capturing = _CAPTURING.set(span)
         try:
             if config is not None and config.has_rules:
                 from moesif_otel.governance import govern
@@ -110,6 +127,8 @@ class HttpCapture:
                 # The app returned without completing the response (client went away, or a bug).
                 await exchange.drain_request()
                 await exchange.finish()
+        finally:
+            _CAPTURING.reset(capturing)
 
 
 class Exchange:
