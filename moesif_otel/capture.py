@@ -116,7 +116,13 @@ class HttpCapture:
             await self.app(scope, exchange.receive, exchange.send)
         except Exception as exc:
             if not exchange.finished:
-                await exchange.finish(error=exc)
+                if exchange.disconnected and exchange.response_headers is None:
+                    # The client left before any response (mid-body, say) and got nothing, no
+                    # 500: the app's exception (Starlette's ClientDisconnect) is its reaction to
+                    # that, not a failure. Hooks and event see the disconnect (the event: 499).
+                    await exchange.finish()
+                else:
+                    await exchange.finish(error=exc)
             raise
         except BaseException as exc:  # cancelled: no more awaiting, record what we have
             if not exchange.finished:
@@ -397,12 +403,6 @@ class Exchange:
             return
         scope = self.scope
         status = self.status
-        if error is not None and self.disconnected and self.response_headers is None:
-            # The client left before any response (mid-body, say): it got nothing, no 500. The
-            # app's exception (Starlette's ClientDisconnect) is its reaction to that, not a
-            # failure: recorded as every disconnect is, aborted without a status (the event
-            # says 499).
-            error = None
         if error is not None:
             self.aborted = self.response_headers is not None
             if not status:
