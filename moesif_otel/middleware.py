@@ -3,7 +3,9 @@
 ``app.add_middleware(MoesifMiddleware, settings={...})`` or ``MoesifMiddleware(app, settings)``.
 Layers, outermost first: :class:`ServerSpan` (the request's SERVER span, see its module for why
 not OTel's ASGI middleware), :class:`HttpCapture`, the application. When the request already runs
-inside a server span (FastAPIInstrumentor, ``opentelemetry-instrument``), capture uses that one.
+inside its own server span (FastAPIInstrumentor, ``opentelemetry-instrument``), capture uses that
+one; a span some capture already records onto (an app called in-process from an endpoint) is not
+this request's, and the request gets its own.
 """
 
 from __future__ import annotations
