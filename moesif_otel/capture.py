@@ -14,7 +14,6 @@ response is then complete for the client), then hooks and attributes, then an em
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import logging
 import random
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import context, trace
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from moesif_otel import attributes as A
 from moesif_otel.appconfig import AppConfig, keep, weight_for
@@ -44,6 +43,21 @@ TRANSACTION_HEADER = b"x-moesif-transaction-id"
 _MAX_TRANSACTION_ID = 128
 # How long, at most, capture waits for request body the app never read.
 _DRAIN_TIMEOUT = 1.0
+# The span the innermost capture in this context records onto. An endpoint that calls another
+# MoesifMiddleware-wrapped app in-process (TestClient, httpx.ASGITransport) runs that app with the
+# outer request's span current: the inner request must get its own span, not write onto that one.
+_CAPTURING: contextvars.ContextVar[Any] = contextvars.ContextVar("moesif_otel.capturing", default=None)
+
+
+def joinable_server_span() -> bool:
+    """True when the current span is a request's SERVER span that no capture records onto yet:
+    the span an instrumentor (FastAPIInstrumentor, ``opentelemetry-instrument``) opened for this
+    request. Any other recording span (a nested call's enclosing request, a user's INTERNAL span)
+    is not this request's."""
+    span = trace.get_current_span()
+    if not span.is_recording() or span is _CAPTURING.get():
+        return False
+    return getattr(span, "kind", None) is SpanKind.SERVER
 
 
 @dataclass(frozen=True)
@@ -83,7 +97,7 @@ class HttpCapture:
             await self.app(scope, receive, send)
             return
         span = trace.get_current_span()
-        if not span.is_recording():
+        if not span.is_recording() or span is _CAPTURING.get():
             await self.app(scope, receive, send)
             return
         config = self.options.app_config() if self.options.app_config is not None else None
@@ -92,6 +106,7 @@ class HttpCapture:
         # would make every request a reference cycle (span and bodies included) that only the
         # garbage collector frees; its full collections were the benchmark's p99.
         scope[SCOPE_KEY] = True
+        capturing = _CAPTURING.set(span)
         try:
             if config is not None and config.has_rules:
                 from moesif_otel.governance import govern
@@ -101,7 +116,13 @@ class HttpCapture:
             await self.app(scope, exchange.receive, exchange.send)
         except Exception as exc:
             if not exchange.finished:
-                await exchange.finish(error=exc)
+                if exchange.disconnected and exchange.response_headers is None:
+                    # The client left before any response (mid-body, say) and got nothing, no
+                    # 500: the app's exception (Starlette's ClientDisconnect) is its reaction to
+                    # that, not a failure. Hooks and event see the disconnect (the event: 499).
+                    await exchange.finish()
+                else:
+                    await exchange.finish(error=exc)
             raise
         except BaseException as exc:  # cancelled: no more awaiting, record what we have
             if not exchange.finished:
@@ -112,6 +133,8 @@ class HttpCapture:
                 # The app returned without completing the response (client went away, or a bug).
                 await exchange.drain_request()
                 await exchange.finish()
+        finally:
+            _CAPTURING.reset(capturing)
 
 
 class Exchange:
@@ -236,7 +259,7 @@ class Exchange:
             await self._send(message)
             return
         chunk = message.get("body", b"")
-        if chunk:
+        if chunk and self.scope["method"] != "HEAD":  # servers send no body for HEAD
             self.response_size += len(chunk)
             room = self.options.max_body_size - len(self.response_body)
             if self.options.log_body and room > 0:
@@ -248,11 +271,7 @@ class Exchange:
         if self.owns_span:
             # The span is ours: complete the response, then hooks and attributes, then end the
             # span (background tasks that run after the response are not part of it).
-            token = context.attach(_EMPTY_CONTEXT)  # a pipelined next request starts in this call
-            try:
-                await self._send(message)
-            finally:
-                context.detach(token)
+            await self._send_last(message)
             self.response_end_ns = time.time_ns()
             await self.finish()
             self.span.end()
@@ -263,18 +282,22 @@ class Exchange:
             await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
         self.response_end_ns = time.time_ns()
         await self.finish()
-        await self._close_response()
+        await self._send_last({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _close_response(self) -> None:
-        """Send the closing message from an empty context.
+    async def _send_last(self, message: Message) -> None:
+        """Send the message that completes the response with no OTel context attached.
 
-        The client may have sent its next request on this connection while the hooks ran; the
-        server starts it from inside this call, and a task inherits the caller's context: it would
-        run under this request's span (and any other context variable of this request).
+        The client may have sent its next request on this connection (while the hooks ran, say);
+        the server starts it from inside this call, and the task it starts copies the caller's
+        context: with this request's span current, the next request would join it instead of
+        getting its own. An attach, not a task in an empty context: no per-request task, and no
+        asyncio-only call (apps run under trio too).
         """
-        closing = self._send({"type": "http.response.body", "body": b"", "more_body": False})
-        task = contextvars.Context().run(asyncio.get_running_loop().create_task, closing)
-        await task
+        token = context.attach(_EMPTY_CONTEXT)
+        try:
+            await self._send(message)
+        finally:
+            context.detach(token)
 
     # -- completion -------------------------------------------------------------------------------
 
@@ -294,20 +317,21 @@ class Exchange:
         """Read request body the app left unread, up to the cap, so the event still has it."""
         if not self.options.log_body or self.request_complete or self.disconnected:
             return
-        deadline = time.monotonic() + _DRAIN_TIMEOUT
-        while (
-            not self.request_complete
-            and not self.disconnected
-            and len(self.request_body) < self.options.max_body_size
-        ):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            try:
-                message = await asyncio.wait_for(self._receive(), remaining)
-            except (asyncio.TimeoutError, Exception):
-                return
-            self._observe_request(message)
+        # anyio's cancel scope, not asyncio.wait_for: the same under asyncio and trio, and one timer
+        # where wait_for cost a task and a timer
+        from anyio import move_on_after
+
+        with move_on_after(_DRAIN_TIMEOUT):
+            while (
+                not self.request_complete
+                and not self.disconnected
+                and len(self.request_body) < self.options.max_body_size
+            ):
+                try:
+                    message = await self._receive()
+                except Exception:
+                    return
+                self._observe_request(message)
 
     async def identify(self, request: Any, response: Any) -> None:
         """User and company, once per request: the hooks, then the Authorization header."""
@@ -385,6 +409,8 @@ class Exchange:
                 status = 500  # what the server answers for an unhandled exception
         elif self.response_headers is None or not self.response_end_ns or self.disconnected:
             self.aborted = self.response_headers is None or self.disconnected
+            if self.response_headers is None and not self.disconnected:
+                status = 500  # the app returned without a response: the server answers 500
         # Kept to what the span lacks: its kind says Incoming, its start time is the request's,
         # OTel's middleware records the peer address.
         attrs: dict[str, Any] = {
@@ -448,7 +474,9 @@ def flush_before_shutdown_complete(send: Send, flush: Callable[[], object]) -> S
 
     async def lifespan_send(message: Message) -> None:
         if message["type"] == "lifespan.shutdown.complete":
-            await asyncio.get_running_loop().run_in_executor(None, flush)
+            from anyio import to_thread  # asyncio or trio, whichever the server runs
+
+            await to_thread.run_sync(flush)
         await send(message)
 
     return lifespan_send
@@ -519,7 +547,31 @@ def flat_headers(raw: Any, transaction_id: str | None) -> str:
 
 
 def request_uri(scope: Scope) -> str:
-    """Full URL as the client asked for it: scheme, Host header (or server), raw path, query."""
+    """Full URL as the client asked for it: scheme, Host header (or server), raw path, query.
+
+    An absolute-form target (``GET http://other.example:81/p HTTP/1.1``, RFC 9112 3.2.2), which
+    servers pass through as the path, is that URL already.
+    """
+    raw_path = scope.get("raw_path")
+    if raw_path:
+        path = raw_path.decode("latin-1")
+        if "?" in path:  # some servers include the query in raw_path
+            path = path.split("?", 1)[0]
+        absolute = not path.startswith("/") and "://" in path
+    else:
+        path = scope.get("path", "/")  # includes root_path (ASGI spec)
+        absolute = not path.startswith("/") and "://" in path
+        if not absolute:
+            from urllib.parse import quote
+
+            path = quote(path)
+    uri = path if absolute else f"{scope.get('scheme') or 'http'}://{_host(scope)}{path}"
+    query = scope.get("query_string", b"")
+    return f"{uri}?{query.decode('latin-1')}" if query else uri
+
+
+def _host(scope: Scope) -> str:
+    """The Host header, else the server address (the port left out when it is the default)."""
     scheme = scope.get("scheme") or "http"
     host = None
     for name, value in scope.get("headers", ()):
@@ -536,15 +588,4 @@ def request_uri(scope: Scope) -> str:
             host = address if port is None or default else f"{address}:{port}"
         else:
             host = "localhost"
-    raw_path = scope.get("raw_path")
-    if raw_path:
-        path = raw_path.decode("latin-1")
-        if "?" in path:  # some servers include the query in raw_path
-            path = path.split("?", 1)[0]
-    else:
-        from urllib.parse import quote
-
-        path = quote(scope.get("path", "/"))  # includes root_path (ASGI spec)
-    query = scope.get("query_string", b"")
-    uri = f"{scheme}://{host}{path}"
-    return f"{uri}?{query.decode('latin-1')}" if query else uri
+    return host

@@ -27,6 +27,7 @@ from moesif_otel.identity import client_ip, user_id_from_authorization
 
 _METHOD_KEYS = (A.HTTP_REQUEST_METHOD, A.OLD_HTTP_METHOD)
 _STATUS_KEYS = (A.HTTP_RESPONSE_STATUS_CODE, A.OLD_HTTP_STATUS_CODE)
+CLIENT_CLOSED_REQUEST = 499
 _MIN_BODY_LIMIT = 1_048_576  # decoded bodies may grow past the capture cap; the event limit bounds them
 
 
@@ -196,9 +197,12 @@ def event_document(span: ReadableSpan, options: EventOptions) -> dict[str, Any]:
         if ip is not None:
             request["ip_address"] = ip
     status = _first(attrs, _STATUS_KEYS)
+    # Aborted with no status: the client left before any response. Moesif takes 100-599 only (a 0
+    # fails the whole batch); 499 is nginx's "client closed request". The span keeps no status.
+    no_response = status is None and bool(attrs.get(A.MOESIF_ABORTED))
     response: dict[str, Any] = {
         "time": format_time(max(end_ns, start_ns)),
-        "status": int(status) if status is not None else 0,
+        "status": int(status) if status is not None else (CLIENT_CLOSED_REQUEST if no_response else 0),
         "headers": response_headers,
     }
 
@@ -256,7 +260,9 @@ def event_document(span: ReadableSpan, options: EventOptions) -> dict[str, Any]:
     raw_metadata = attrs.get(A.MOESIF_METADATA)
     if raw_metadata:
         metadata = json.loads(raw_metadata)
-    if attrs.get(A.MOESIF_ABORTED):
+    if no_response:
+        notes["aborted"] = "no response: the client disconnected first"
+    elif attrs.get(A.MOESIF_ABORTED):
         notes["aborted"] = "the response did not complete (client disconnected or the app failed)"
     if attrs.get(A.MOESIF_ERROR):
         notes["error"] = str(attrs[A.MOESIF_ERROR])

@@ -3,7 +3,9 @@
 ``app.add_middleware(MoesifMiddleware, settings={...})`` or ``MoesifMiddleware(app, settings)``.
 Layers, outermost first: :class:`ServerSpan` (the request's SERVER span, see its module for why
 not OTel's ASGI middleware), :class:`HttpCapture`, the application. When the request already runs
-inside a server span (FastAPIInstrumentor, ``opentelemetry-instrument``), capture uses that one.
+inside its own server span (FastAPIInstrumentor, ``opentelemetry-instrument``), capture uses that
+one; a span some capture already records onto (an app called in-process from an endpoint) is not
+this request's, and the request gets its own.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from moesif_otel.capture import (
@@ -22,6 +23,7 @@ from moesif_otel.capture import (
     Scope,
     Send,
     flush_before_shutdown_complete,
+    joinable_server_span,
 )
 from moesif_otel.config_sync import ConfigSync
 from moesif_otel.hooks import make_hook
@@ -76,9 +78,9 @@ class MoesifMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            if trace.get_current_span().is_recording():
-                # Already inside a server span (FastAPIInstrumentor, opentelemetry-instrument):
-                # capture onto it rather than open a second one.
+            if joinable_server_span():
+                # Already inside this request's server span (FastAPIInstrumentor,
+                # opentelemetry-instrument): capture onto it rather than open a second one.
                 await self._capture(scope, receive, send)
             else:
                 await self._traced(scope, receive, send)

@@ -109,6 +109,12 @@ class Settings:
         "LOCAL_MOESIF_BASEURL", None, "str", "moesifpythonrequest: base URL when LOCAL_DEBUG."
     )
 
+    def __repr__(self) -> str:
+        """Every setting, the application id masked: a repr ends up in logs, tracebacks and issues."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["application_id"] = _masked(self.application_id)
+        return f"Settings({', '.join(f'{name}={value!r}' for name, value in values.items())})"
+
     # -- construction ----------------------------------------------------------------------------
 
     @classmethod
@@ -176,6 +182,11 @@ class Settings:
     @property
     def authorization_header_names(self) -> tuple[str, ...]:
         return tuple(n.strip().lower() for n in self.authorization_header_name.split(",") if n.strip())
+
+
+def _masked(value: str) -> str:
+    """Enough of a secret to tell two apart (its last 4 characters), not enough to use it."""
+    return f"...{value[-4:]}" if len(value) > 8 else "..."
 
 
 _KEYS = {f.metadata["key"] for f in fields(Settings)}

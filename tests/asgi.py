@@ -6,9 +6,10 @@ capture calls ``receive``, and traffic with the garbage collector switched off.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import Any
+
+import anyio
 
 
 @dataclass
@@ -37,7 +38,7 @@ async def call(
     if client is not None:
         scope["client"] = client
     exchange = Exchange()
-    done = asyncio.Event()
+    done = anyio.Event()  # asyncio or trio, whichever runs the call
 
     async def receive() -> dict[str, Any]:
         exchange.receives += 1

@@ -88,3 +88,13 @@ def test_local_debug_uses_local_base_url() -> None:
         {**BASE, "LOCAL_DEBUG": True, "LOCAL_MOESIF_BASEURL": "http://127.0.0.1:9/"}, environ={}
     )
     assert settings.collector_uri == "http://127.0.0.1:9"
+
+
+def test_repr_masks_the_application_id() -> None:
+    secret = "eyJhcHAiOiIxOTg6MyIsInZlciI6IjIuMSJ9.secret-tail-wxyz"
+    settings = Settings.from_mapping({"APPLICATION_ID": secret, "BATCH_SIZE": 7})
+    for text in (repr(settings), str(settings), repr([settings])):
+        assert secret not in text and "secret-tail" not in text
+        assert "application_id='...wxyz'" in text and "batch_size=7" in text
+    assert settings.application_id == secret  # masked in the repr only
+    assert "application_id='...'" in repr(Settings.from_mapping({"APPLICATION_ID": "short"}))
