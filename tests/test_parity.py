@@ -287,11 +287,12 @@ def test_gzip_and_deflate_request_bodies_stay_json(collector: Collector) -> None
 def test_multipart_form_and_odd_bodies(collector: Collector) -> None:
     secret = b"FILE-BYTES-" * 50
     with serve(edge_app(collector)) as base:
-        httpx.post(base + "/read", data={"title": "report"}, files={"upload": ("report.pdf", secret)})
-        httpx.post(base + "/read", data={"a": "1", "b": "two words"})
-        httpx.post(base + "/read", content=b"\xff\xfe not utf-8", headers={"content-type": "text/plain"})
-        httpx.post(base + "/read", content=b"{not json", headers={"content-type": "application/json"})
-        events = collector.wait_for_events(4)
+        httpx.post(base + "/read?n=1", data={"title": "report"}, files={"upload": ("report.pdf", secret)})
+        httpx.post(base + "/read?n=2", data={"a": "1", "b": "two words"})
+        httpx.post(base + "/read?n=3", content=b"\xff\xfe not utf-8", headers={"content-type": "text/plain"})
+        httpx.post(base + "/read?n=4", content=b"{not json", headers={"content-type": "application/json"})
+        # uploads overlap, so events may arrive in any order: put them back in request order
+        events = sorted(collector.wait_for_events(4), key=lambda e: e["request"]["uri"])
     multipart, form, invalid_utf8, not_json = (e["request"] for e in events)
     assert multipart["body"] == {"title": "report", "upload": "report.pdf"}
     assert "FILE-BYTES" not in json.dumps(events[0])
