@@ -15,6 +15,7 @@ end), not after the hooks or background tasks that run later.
 
 from __future__ import annotations
 
+import logging
 from timeit import default_timer
 from typing import Any
 
@@ -38,6 +39,9 @@ from moesif_otel import attributes as A
 from moesif_otel._version import __version__
 from moesif_otel.capture import Message, Scope, Send
 from moesif_otel.http_semconv import StabilityMode, report_new, report_old, route_template, schema_url
+from moesif_otel.logonce import LogOnce
+
+_log = LogOnce(logging.getLogger("moesif_otel"))
 
 _ACTIVE_OLD = frozenset(_server_active_requests_count_attrs_old)
 _ACTIVE_NEW = frozenset(_server_active_requests_count_attrs_new)
@@ -133,7 +137,10 @@ class Measured:
             _ACTIVE_NEW if server_metrics.new else frozenset()
         )
         self.active_attrs = {k: v for k, v in attributes.items() if k in allowed}
-        server_metrics.active.add(1, self.active_attrs)
+        try:
+            server_metrics.active.add(1, self.active_attrs)
+        except Exception as exc:  # the app's meter provider must not fail its requests
+            _failed(exc)
         self.start = default_timer()
 
     async def send(self, message: Message) -> None:
@@ -146,7 +153,13 @@ class Measured:
         await self._send(message)
 
     def finish(self, span: trace.Span, error: BaseException | None) -> None:
-        """Record the request (after the app returned or raised)."""
+        """Record the request (after the app returned or raised); never raises."""
+        try:
+            self._record(span, error)
+        except Exception as exc:
+            _failed(exc)
+
+    def _record(self, span: trace.Span, error: BaseException | None) -> None:
         duration = (self.end or default_timer()) - self.start
         m = self.metrics
         m.active.add(-1, self.active_attrs)
@@ -181,6 +194,15 @@ class Measured:
                 m.response_size_new.record(self.response_size, new, context=ctx)  # type: ignore[union-attr]
             if request_size is not None:
                 m.request_size_new.record(request_size, new, context=ctx)  # type: ignore[union-attr]
+
+
+def _failed(exc: Exception) -> None:
+    _log.warning(
+        f"metrics:{type(exc).__qualname__}",
+        "moesif_otel: recording HTTP server metrics failed (%s: %s); the requests are unaffected",
+        type(exc).__qualname__,
+        exc,
+    )
 
 
 def _content_length(headers: Any) -> int | None:

@@ -320,3 +320,38 @@ def test_span_name_and_route_include_router_and_mount_prefixes(
     assert spans["GET /sub/things/{thing_id}"].attributes["http.route"] == "/sub/things/{thing_id}"
     _, points = ours.metrics()["http.server.request.duration"]
     assert {p["http.route"] for p in points} == {"/api/items/{item_id}", "/sub/things/{thing_id}"}
+
+
+class _Broken:
+    """An instrument whose every measurement raises."""
+
+    def add(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("meter down")
+
+    record = add
+
+
+class _BrokenMeter(metrics.NoOpMeter):
+    def create_histogram(self, *args: Any, **kwargs: Any) -> Any:
+        return _Broken()
+
+    def create_up_down_counter(self, *args: Any, **kwargs: Any) -> Any:
+        return _Broken()
+
+
+class _BrokenMeterProvider(metrics.MeterProvider):
+    def get_meter(self, name: str, *args: Any, **kwargs: Any) -> metrics.Meter:
+        return _BrokenMeter(name)
+
+
+def test_a_failing_meter_provider_changes_no_answer_and_is_logged_once(
+    collector: Collector, ours: Telemetry, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = moesif_app(collector, ours, meter_provider=_BrokenMeterProvider())
+    with caplog.at_level("WARNING", logger="moesif_otel"), serve(app) as base:
+        for _ in range(3):
+            assert httpx.get(f"{base}/api/items/1").json() == {"id": 1}
+        assert httpx.get(f"{base}/boom").status_code == 500
+    assert len(collector.wait_for_events(4)) == 4
+    failures = [r for r in caplog.records if "HTTP server metrics failed" in r.getMessage()]
+    assert len(failures) == 1 and "meter down" in failures[0].getMessage()
