@@ -427,8 +427,8 @@ class Exchange:
 
     def _response_semconv(self, attrs: dict[str, Any], status: int, error: BaseException | None) -> None:
         """The response side of the span moesif_otel opened: route, name, error status, and the
-        names of ``OTEL_SEMCONV_STABILITY_OPT_IN``. The method keeps its case as sent (not OTel's
-        ``_OTHER``) under whichever name is written: the Moesif event is built from it."""
+        names of ``OTEL_SEMCONV_STABILITY_OPT_IN``. The method keeps its spelling as sent (OTel writes
+        ``_OTHER`` for a non-standard one) under whichever name is written: the event's verb."""
         route = route_template(self.scope)
         if route:
             attrs[A.HTTP_ROUTE] = route

@@ -4,9 +4,11 @@ OTel's ASGI middleware measured at about twice the per-request CPU of this modul
 benchmark app (most of it in collecting request attributes it then sets twice, and in per-message
 bookkeeping for metrics that Moesif does not use), which alone put MoesifMiddleware below the
 throughput targets. This opens the same kind of span — SERVER kind, the incoming trace context
-honoured through the global propagator, the stable HTTP semantic-convention attributes — and
-leaves the response side to :class:`~moesif_otel.capture.HttpCapture`, which already sees every
-message: status code, route, error status, and the span's end when the response is complete.
+honoured through the global propagator, the HTTP semantic-convention attributes under the names
+``OTEL_SEMCONV_STABILITY_OPT_IN`` selects, exceptions as span events — and leaves the response
+side to :class:`~moesif_otel.capture.HttpCapture`, which already sees every message: status code,
+route, error status, and the span's end when the response is complete. OTel's HTTP server metrics
+are recorded only when the app has a real MeterProvider (:mod:`moesif_otel.server_metrics`).
 
 Under FastAPIInstrumentor or ``opentelemetry-instrument`` their span is used instead (see
 ``MoesifMiddleware``), so nothing is traced twice.
