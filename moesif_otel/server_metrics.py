@@ -66,6 +66,10 @@ class ServerMetrics:
         self.old = report_old(mode)
         self.new = report_new(mode)
         self.active = create_http_server_active_requests(meter)
+        # http/dup: the active-requests counter carries both name sets, as OTel's does
+        self.active_keys = (_ACTIVE_OLD if self.old else frozenset()) | (
+            _ACTIVE_NEW if self.new else frozenset()
+        )
         self.duration_old = self.request_size_old = self.response_size_old = None
         self.duration_new = self.request_size_new = self.response_size_new = None
         if self.old:
@@ -133,9 +137,7 @@ class Measured:
         self.status = 0
         self.response_size: int | None = None
         self.end = 0.0
-        allowed = (_ACTIVE_OLD if server_metrics.old else frozenset()) | (
-            _ACTIVE_NEW if server_metrics.new else frozenset()
-        )
+        allowed = server_metrics.active_keys
         self.active_attrs = {k: v for k, v in attributes.items() if k in allowed}
         try:
             server_metrics.active.add(1, self.active_attrs)
