@@ -29,8 +29,8 @@ from opentelemetry.trace import Status, StatusCode
 from moesif_otel import attributes as A
 from moesif_otel.appconfig import AppConfig, keep, weight_for
 from moesif_otel.hooks import Hook, metadata_json
-from moesif_otel.http_semconv import mode as semconv_mode
-from moesif_otel.http_semconv import report_new, report_old, route_template
+from moesif_otel.http_semconv import names as semconv_names
+from moesif_otel.http_semconv import route_template
 
 logger = logging.getLogger("moesif_otel")
 
@@ -433,9 +433,8 @@ class Exchange:
         if route:
             attrs[A.HTTP_ROUTE] = route
             self.span.update_name(f"{getattr(self.span, 'name', 'HTTP')} {route}")  # "GET /api/items/{id}"
-        mode = semconv_mode()
-        new = report_new(mode)
-        if report_old(mode):
+        new = semconv_names.new
+        if semconv_names.old:
             attrs[A.OLD_HTTP_METHOD] = attrs[A.HTTP_REQUEST_METHOD]
             if status:
                 attrs[A.OLD_HTTP_STATUS_CODE] = status

@@ -3,8 +3,8 @@
 ``OTEL_SEMCONV_STABILITY_OPT_IN`` is read through OTel's own (process-wide, cached) reader, so
 the drop-in and any OTel instrumentation in the same process always agree: unset means the old
 names (``http.method``, ``http.status_code``, ...), ``http`` the stable ones, ``http/dup`` both.
-:func:`init_mode` takes OTel's lock once; :func:`mode` is then a dictionary lookup, cheap enough
-for every request.
+:func:`init_mode` (ServerSpan's constructor) reads it and sets :data:`names`, which the request
+path reads as two plain flags.
 """
 
 from __future__ import annotations
@@ -21,7 +21,16 @@ from opentelemetry.instrumentation._semconv import (
     _StabilityMode,
 )
 
-__all__ = ["StabilityMode", "init_mode", "mode", "report_new", "report_old", "route_template", "schema_url"]
+__all__ = [
+    "Names",
+    "StabilityMode",
+    "init_mode",
+    "names",
+    "report_new",
+    "report_old",
+    "route_template",
+    "schema_url",
+]
 
 StabilityMode = _StabilityMode
 report_new = _report_new
@@ -30,15 +39,27 @@ schema_url = _get_schema_url
 _HTTP = _OpenTelemetryStabilitySignalType.HTTP
 
 
+class Names:
+    """Which names the HTTP mode in force writes: ``old``, ``new`` (stable) or both."""
+
+    __slots__ = ("new", "old")
+
+    def __init__(self) -> None:
+        self.old = True  # OTel's default until init_mode() has read the opt-in
+        self.new = False
+
+
+names = Names()
+
+
 def init_mode() -> StabilityMode:
-    """Read the opt-in (once per process, as OTel's instrumentations do) and return the HTTP mode."""
+    """Read the opt-in (once per process, as OTel's instrumentations do), update :data:`names`
+    and return the HTTP mode."""
     _OpenTelemetrySemanticConventionStability._initialize()
-    return mode()
-
-
-def mode() -> StabilityMode:
-    """The HTTP mode in force; :func:`init_mode` must have run (ServerSpan's constructor does)."""
-    return _OpenTelemetrySemanticConventionStability._get_opentelemetry_stability_opt_in_mode(_HTTP)
+    mode = _OpenTelemetrySemanticConventionStability._get_opentelemetry_stability_opt_in_mode(_HTTP)
+    names.old = report_old(mode)
+    names.new = report_new(mode)
+    return mode
 
 
 def route_template(scope: Mapping[str, Any]) -> str | None:

@@ -88,47 +88,30 @@ def request_attributes(scope: Scope, old: bool = False, new: bool = True) -> dic
             attributes[A.CLIENT_ADDRESS] = str(client[0])
             if client[1] is not None:
                 attributes[A.CLIENT_PORT] = int(client[1])
-    if old:
-        _old_request_attributes(attributes, scope, sanitized, scheme, path, version, query, host, user_agent)
+    if old:  # OTel's ASGI values: http.host is the socket's address, with its port
+        server = scope.get("server") or ("0.0.0.0", 80)
+        port = server[1]
+        server_host = f"{server[0]}:{port}" if str(port) != "80" else str(server[0])
+        url = f"{scheme}://{host or server_host}{path}"
+        if query:
+            url = redact_url(f"{url}?{unquote(query.decode('latin-1'))}")  # signatures in the query
+        attributes[A.OLD_HTTP_METHOD] = sanitized
+        attributes[A.OLD_HTTP_SCHEME] = scheme
+        attributes[A.OLD_HTTP_HOST] = server_host
+        attributes[A.OLD_HTTP_FLAVOR] = version
+        attributes[A.OLD_HTTP_TARGET] = path
+        attributes[A.OLD_HTTP_URL] = url
+        if port:
+            attributes[A.OLD_NET_HOST_PORT] = int(port)
+        if host:
+            attributes[A.OLD_HTTP_SERVER_NAME] = host
+        if user_agent:
+            attributes[A.OLD_HTTP_USER_AGENT] = user_agent
+        if client:
+            attributes[A.OLD_NET_PEER_IP] = str(client[0])
+            if client[1] is not None:
+                attributes[A.OLD_NET_PEER_PORT] = int(client[1])
     return attributes
-
-
-def _old_request_attributes(
-    attributes: dict[str, Any],
-    scope: Scope,
-    method: str,
-    scheme: str,
-    path: str,
-    version: str,
-    query: bytes | None,
-    host: str | None,
-    user_agent: str | None,
-) -> None:
-    """The pre-stable names with OTel's ASGI values (``http.host`` is the socket's, with its port)."""
-    server = scope.get("server") or ("0.0.0.0", 80)
-    port = server[1]
-    server_host = f"{server[0]}:{port}" if str(port) != "80" else str(server[0])
-    url = f"{scheme}://{host or server_host}{path}"
-    if query:
-        url = f"{url}?{unquote(query.decode('latin-1'))}"
-        url = redact_url(url)  # signatures in the query string
-    attributes[A.OLD_HTTP_METHOD] = method
-    attributes[A.OLD_HTTP_SCHEME] = scheme
-    attributes[A.OLD_HTTP_HOST] = server_host
-    attributes[A.OLD_HTTP_FLAVOR] = version
-    attributes[A.OLD_HTTP_TARGET] = path
-    attributes[A.OLD_HTTP_URL] = url
-    if port:
-        attributes[A.OLD_NET_HOST_PORT] = int(port)
-    if host:
-        attributes[A.OLD_HTTP_SERVER_NAME] = host
-    if user_agent:
-        attributes[A.OLD_HTTP_USER_AGENT] = user_agent
-    client = scope.get("client")
-    if client:
-        attributes[A.OLD_NET_PEER_IP] = str(client[0])
-        if client[1] is not None:
-            attributes[A.OLD_NET_PEER_PORT] = int(client[1])
 
 
 class ServerSpan:
