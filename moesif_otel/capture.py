@@ -28,6 +28,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from moesif_otel import attributes as A
 from moesif_otel.appconfig import AppConfig, keep, weight_for
 from moesif_otel.hooks import Hook, metadata_json
+from moesif_otel.http_semconv import names as semconv_names
+from moesif_otel.http_semconv import route_template
 
 logger = logging.getLogger("moesif_otel")
 
@@ -450,13 +452,24 @@ class Exchange:
             logger.exception("moesif_otel: could not record the exchange on its span")
 
     def _response_semconv(self, attrs: dict[str, Any], status: int, error: BaseException | None) -> None:
-        """The response side of the span moesif_otel opened: route, name, error status."""
-        route = getattr(self.scope.get("route"), "path", None)
-        if isinstance(route, str) and route:
+        """The response side of the span moesif_otel opened: route, name, error status, and the
+        names of ``OTEL_SEMCONV_STABILITY_OPT_IN``. The method keeps its spelling as sent (OTel writes
+        ``_OTHER`` for a non-standard one) under whichever name is written: the event's verb."""
+        route = route_template(self.scope)
+        if route:
             attrs[A.HTTP_ROUTE] = route
-            self.span.update_name(f"{getattr(self.span, 'name', 'HTTP')} {route}")  # "GET /items/{id}"
+            self.span.update_name(f"{getattr(self.span, 'name', 'HTTP')} {route}")  # "GET /api/items/{id}"
+        new = semconv_names.new
+        if semconv_names.old:
+            attrs[A.OLD_HTTP_METHOD] = attrs[A.HTTP_REQUEST_METHOD]
+            if status:
+                attrs[A.OLD_HTTP_STATUS_CODE] = status
+            if not new:
+                del attrs[A.HTTP_REQUEST_METHOD]
+                attrs.pop(A.HTTP_RESPONSE_STATUS_CODE, None)
         if error is not None or status >= 500:
-            attrs["error.type"] = type(error).__qualname__ if error is not None else str(status)
+            if new:
+                attrs[A.ERROR_TYPE] = type(error).__qualname__ if error is not None else str(status)
             self.span.set_status(Status(StatusCode.ERROR))
 
 

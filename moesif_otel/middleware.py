@@ -10,10 +10,14 @@ this request's, and the request gets its own.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
+from opentelemetry.instrumentation.asgi import get_host_port_url_tuple
+from opentelemetry.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.util.http import ExcludeList, parse_excluded_urls
 
 from moesif_otel.capture import (
     ASGIApp,
@@ -50,6 +54,18 @@ def capture_options(settings: Settings, app_config: ConfigSync | None = None) ->
     )
 
 
+def excluded_urls() -> ExcludeList | None:
+    """OTEL_PYTHON_FASTAPI_EXCLUDED_URLS, else OTEL_PYTHON_EXCLUDED_URLS (as FastAPIInstrumentor
+    reads them); None when neither is set, so the request path checks nothing."""
+    raw = os.environ.get("OTEL_PYTHON_FASTAPI_EXCLUDED_URLS", os.environ.get("OTEL_PYTHON_EXCLUDED_URLS", ""))
+    return parse_excluded_urls(raw) if raw.strip() else None
+
+
+def _url(scope: Scope) -> str:
+    """The URL OTel's ASGI instrumentation matches excluded URLs against (no query string)."""
+    return get_host_port_url_tuple(scope)[2]
+
+
 class MoesifMiddleware:
     """Captures every HTTP call the app serves and sends it to Moesif (or a compatible collector)."""
 
@@ -59,8 +75,11 @@ class MoesifMiddleware:
         settings: Mapping[str, Any] | None = None,
         *,
         tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         self.app = app
+        # OTel's: no span, no event, no work for these URLs (read once, as the instrumentations do)
+        self._excluded = excluded_urls()
         self.settings = Settings.from_mapping(settings)
         self.pipeline = Pipeline.build(self.settings, tracer_provider)
         if self.settings.capture_outgoing_requests:
@@ -69,7 +88,9 @@ class MoesifMiddleware:
             enable_outgoing_capture(self.pipeline)
         options = capture_options(self.settings, self.pipeline.exporter.app_config)
         self._capture = HttpCapture(app, options)  # onto a server span someone else opened
-        self._traced = ServerSpan(HttpCapture(app, options, owns_span=True), self.pipeline.tracer_provider)
+        self._traced = ServerSpan(
+            HttpCapture(app, options, owns_span=True), self.pipeline.tracer_provider, meter_provider
+        )
         # users, companies, subscriptions go through this middleware's delivery; the module-level
         # functions (app.add_middleware gives no handle) follow the latest middleware
         self._profiles = ProfilesClient(self.settings, self.pipeline.exporter.delivery)
@@ -78,7 +99,9 @@ class MoesifMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            if joinable_server_span():
+            if self._excluded is not None and self._excluded.url_disabled(_url(scope)):
+                await self.app(scope, receive, send)  # OTEL_PYTHON_EXCLUDED_URLS: no span, no event
+            elif joinable_server_span():
                 # Already inside this request's server span (FastAPIInstrumentor,
                 # opentelemetry-instrument): capture onto it rather than open a second one.
                 await self._capture(scope, receive, send)

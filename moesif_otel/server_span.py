@@ -4,9 +4,11 @@ OTel's ASGI middleware measured at about twice the per-request CPU of this modul
 benchmark app (most of it in collecting request attributes it then sets twice, and in per-message
 bookkeeping for metrics that Moesif does not use), which alone put MoesifMiddleware below the
 throughput targets. This opens the same kind of span — SERVER kind, the incoming trace context
-honoured through the global propagator, the stable HTTP semantic-convention attributes — and
-leaves the response side to :class:`~moesif_otel.capture.HttpCapture`, which already sees every
-message: status code, route, error status, and the span's end when the response is complete.
+honoured through the global propagator, the HTTP semantic-convention attributes under the names
+``OTEL_SEMCONV_STABILITY_OPT_IN`` selects, exceptions as span events — and leaves the response
+side to :class:`~moesif_otel.capture.HttpCapture`, which already sees every message: status code,
+route, error status, and the span's end when the response is complete. OTel's HTTP server metrics
+are recorded only when the app has a real MeterProvider (:mod:`moesif_otel.server_metrics`).
 
 Under FastAPIInstrumentor or ``opentelemetry-instrument`` their span is used instead (see
 ``MoesifMiddleware``), so nothing is traced twice.
@@ -15,17 +17,18 @@ Under FastAPIInstrumentor or ``opentelemetry-instrument`` their span is used ins
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote
 
-from opentelemetry import context, propagate, trace
+from opentelemetry import context, metrics, propagate, trace
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.trace import SpanKind
-from opentelemetry.util.http import sanitize_method
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.util.http import redact_url, sanitize_method
 
 from moesif_otel import attributes as A
 from moesif_otel._version import __version__
 from moesif_otel.capture import ASGIApp, Receive, Scope, Send
-
-SCHEMA_URL = "https://opentelemetry.io/schemas/1.21.0"
+from moesif_otel.http_semconv import init_mode, report_new, report_old, schema_url
+from moesif_otel.server_metrics import ServerMetrics
 
 
 class _ScopeHeaders(Getter[Scope]):
@@ -43,65 +46,119 @@ class _ScopeHeaders(Getter[Scope]):
 _getter = _ScopeHeaders()
 
 
-def request_attributes(scope: Scope) -> dict[str, Any]:
-    """The request side of the HTTP server semantic conventions (stable names)."""
+def request_attributes(scope: Scope, old: bool = False, new: bool = True) -> dict[str, Any]:
+    """The request side of the HTTP server semantic conventions: stable names when ``new``, the
+    old ones (as OTel's ASGI instrumentation writes them) when ``old``, both under ``http/dup``."""
     method = scope.get("method") or "GET"
     sanitized = sanitize_method(method)
-    attributes: dict[str, Any] = {
-        A.HTTP_REQUEST_METHOD: sanitized,
-        A.URL_SCHEME: scope.get("scheme") or "http",
-        A.URL_PATH: scope.get("path") or "/",
-        "network.protocol.version": scope.get("http_version") or "1.1",
-    }
-    if sanitized != method:
-        attributes["http.request.method_original"] = method
+    scheme = scope.get("scheme") or "http"
+    path = scope.get("path") or "/"
+    version = scope.get("http_version") or "1.1"
     query = scope.get("query_string")
-    if query:
-        attributes[A.URL_QUERY] = query.decode("latin-1")
-    host = None
+    host = user_agent = None
     for name, value in scope.get("headers", ()):
         lowered = name.lower()
         if lowered == b"host":
             host = value.decode("latin-1")
         elif lowered == b"user-agent":
-            attributes["user_agent.original"] = value.decode("latin-1")
-    if host:
-        address, _, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
-        attributes[A.SERVER_ADDRESS] = address or host
-        if port.isdigit():
-            attributes[A.SERVER_PORT] = int(port)
-    elif scope.get("server"):
-        attributes[A.SERVER_ADDRESS] = str(scope["server"][0])
-        if scope["server"][1] is not None:
-            attributes[A.SERVER_PORT] = int(scope["server"][1])
+            user_agent = value.decode("latin-1")
     client = scope.get("client")
-    if client:
-        attributes[A.CLIENT_ADDRESS] = str(client[0])
-        if client[1] is not None:
-            attributes["client.port"] = int(client[1])
+    attributes: dict[str, Any] = {}
+    if new:
+        attributes[A.HTTP_REQUEST_METHOD] = sanitized
+        attributes[A.URL_SCHEME] = scheme
+        attributes[A.URL_PATH] = path
+        attributes[A.NETWORK_PROTOCOL_VERSION] = version
+        if sanitized != method:
+            attributes[A.HTTP_REQUEST_METHOD_ORIGINAL] = method
+        if query:
+            attributes[A.URL_QUERY] = query.decode("latin-1")
+        if user_agent:
+            attributes[A.USER_AGENT_ORIGINAL] = user_agent
+        if host:
+            address, _, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
+            attributes[A.SERVER_ADDRESS] = address or host
+            if port.isdigit():
+                attributes[A.SERVER_PORT] = int(port)
+        elif scope.get("server"):
+            attributes[A.SERVER_ADDRESS] = str(scope["server"][0])
+            if scope["server"][1] is not None:
+                attributes[A.SERVER_PORT] = int(scope["server"][1])
+        if client:
+            attributes[A.CLIENT_ADDRESS] = str(client[0])
+            if client[1] is not None:
+                attributes[A.CLIENT_PORT] = int(client[1])
+    if old:  # OTel's ASGI values: http.host is the socket's address, with its port
+        server = scope.get("server") or ("0.0.0.0", 80)
+        port = server[1]
+        server_host = f"{server[0]}:{port}" if str(port) != "80" else str(server[0])
+        url = f"{scheme}://{host or server_host}{path}"
+        if query:
+            url = redact_url(f"{url}?{unquote(query.decode('latin-1'))}")  # signatures in the query
+        attributes[A.OLD_HTTP_METHOD] = sanitized
+        attributes[A.OLD_HTTP_SCHEME] = scheme
+        attributes[A.OLD_HTTP_HOST] = server_host
+        attributes[A.OLD_HTTP_FLAVOR] = version
+        attributes[A.OLD_HTTP_TARGET] = path
+        attributes[A.OLD_HTTP_URL] = url
+        if port:
+            attributes[A.OLD_NET_HOST_PORT] = int(port)
+        if host:
+            attributes[A.OLD_HTTP_SERVER_NAME] = host
+        if user_agent:
+            attributes[A.OLD_HTTP_USER_AGENT] = user_agent
+        if client:
+            attributes[A.OLD_NET_PEER_IP] = str(client[0])
+            if client[1] is not None:
+                attributes[A.OLD_NET_PEER_PORT] = int(client[1])
     return attributes
 
 
 class ServerSpan:
     """ASGI middleware: one SERVER span per HTTP request around ``app`` (HttpCapture)."""
 
-    def __init__(self, app: ASGIApp, tracer_provider: trace.TracerProvider) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        tracer_provider: trace.TracerProvider,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
         self.app = app
-        self.tracer = tracer_provider.get_tracer("moesif_otel", __version__, schema_url=SCHEMA_URL)
+        mode = init_mode()
+        self._old = report_old(mode)
+        self._new = report_new(mode)
+        self.tracer = tracer_provider.get_tracer("moesif_otel", __version__, schema_url=schema_url(mode))
+        # None without a real MeterProvider: then nothing below measures anything
+        self.metrics = ServerMetrics.create(meter_provider, mode)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         parent = propagate.extract(scope, getter=_getter)
         method = sanitize_method(scope.get("method") or "GET")
+        attributes = request_attributes(scope, self._old, self._new)
         span = self.tracer.start_span(
             "HTTP" if method == "_OTHER" else method,  # capture renames it once the route is known
             context=parent,
             kind=SpanKind.SERVER,
-            attributes=request_attributes(scope),
+            attributes=attributes,
         )
         token = context.attach(trace.set_span_in_context(span, parent))
+        measured = None
+        error = None
+        if self.metrics is not None:
+            measured = self.metrics.start(scope, attributes, send)
+            send = measured.send
         try:
             await self.app(scope, receive, send)
+        except Exception as exc:
+            # as FastAPIInstrumentor does; the span is still open unless the response completed
+            error = exc
+            if span.is_recording():
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
         finally:
             context.detach(token)
             if span.is_recording():  # capture ends it when the response completes
                 span.end()
+            if measured is not None:
+                measured.finish(span, error)

@@ -19,7 +19,15 @@ from moesif_otel import MoesifMiddleware
 from moesif_otel import attributes as A
 from moesif_otel.collector import Collector
 
+from .semconv_mode import use_semconv_mode
 from .servers import serve
+
+
+@pytest.fixture(autouse=True)
+def stable_semconv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests check the stable names (OTEL_SEMCONV_STABILITY_OPT_IN=http); the other modes
+    are in test_opentelemetry_setup.py."""
+    use_semconv_mode(monkeypatch, "http")
 
 
 @pytest.fixture
