@@ -251,6 +251,7 @@ class Delivery:
         self._gate_until = 0.0  # Retry-After: nobody sends before this (monotonic)
         self._threads: list[threading.Thread] = []
         self._counters = dict.fromkeys(_COUNTERS, 0)
+        self._untallied = dict.fromkeys(_COUNTERS, 0)  # what was submitted without a tally
         self._warnings = LogOnce(_log)
         self._last_stats_log = time.monotonic()
         self._claimed_on_drop: list[_Batch] = []
@@ -339,7 +340,8 @@ class Delivery:
         deadline = time.monotonic() + max(0.0, timeout)
 
         def pending() -> int:
-            return tally["in_flight"] if tally is not None else self._pending()
+            # a submitter's own payloads, and those nobody tallies (profile updates on a shared delivery)
+            return tally["in_flight"] + self._untallied["in_flight"] if tally is not None else self._pending()
 
         with self._lock:
             if self._pending() and not self._stopped:
@@ -475,8 +477,7 @@ class Delivery:
     def _count(self, tally: Tally | None, key: str, n: int) -> None:
         """Totals and the submitter's own tally (lock held)."""
         self._counters[key] += n
-        if tally is not None:
-            tally[key] += n
+        (self._untallied if tally is None else tally)[key] += n
 
     def _give(self, batch: _Batch) -> None:
         if batch.weight and self.budget is not None:

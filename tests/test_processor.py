@@ -64,7 +64,11 @@ def test_spans_ending_on_many_threads_are_all_counted_and_exported() -> None:
     processor.shutdown()
 
     stats = processor.stats()
-    assert (stats["spans_queued"], stats["dropped_queue_full"], stats["pending"]) == (threads * per_thread, 0, 0)
+    assert (stats["spans_queued"], stats["dropped_queue_full"], stats["pending"]) == (
+        threads * per_thread,
+        0,
+        0,
+    )
     assert len(exporter.spans) == threads * per_thread
     assert {id(s) for s in exporter.spans} == {id(s) for s in spans}
     assert max(exporter.batches) <= 100
