@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -29,6 +30,7 @@ from starlette.routing import Route
 from moesif_otel import MoesifMiddleware, MoesifSpanExporter, MoesifSpanProcessor
 from moesif_otel import attributes as A
 from moesif_otel.collector import Collector
+from moesif_otel.pipeline import Pipeline
 
 from .test_delivery_guarantees import EVENTS_PATH, child_env, server_process, wait_until
 
@@ -208,10 +210,8 @@ def test_a_conversion_that_finishes_after_the_deadline_neither_sends_nor_counts_
 
 
 def _pipeline_stats(processor: MoesifSpanProcessor) -> dict[str, int]:
-    from moesif_otel.processor import merge_stats
-
     assert isinstance(processor.exporter, MoesifSpanExporter)
-    return merge_stats(processor, processor.exporter.stats())
+    return Pipeline.stats(SimpleNamespace(processor=processor, exporter=processor.exporter))  # type: ignore[arg-type]
 
 
 def _server_span(i: int) -> Any:
