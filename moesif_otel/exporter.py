@@ -15,7 +15,7 @@ import os
 import threading
 import weakref
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -50,27 +50,25 @@ MAX_EVENT_BYTES = 1_000_000  # Moesif rejects events over 1 MB
 MAX_PAYLOAD_BYTES = 8_000_000  # uncompressed; far below the 50 MB batch limit
 _GZIP_LEVEL = 1  # most of the size win for a fraction of the CPU
 SPAN_OVERHEAD = 4096  # bytes a finished span holds besides its bodies and header strings (measured ~3 KB)
-_WEIGHED = (
-    A.HTTP_REQUEST_BODY_CONTENT,
-    A.HTTP_RESPONSE_BODY_CONTENT,
-    A.MOESIF_REQUEST_HEADERS,
-    A.MOESIF_RESPONSE_HEADERS,
-    A.MOESIF_METADATA,
-    A.MOESIF_REQUEST_URI,
-)
+_REQUEST_BODY, _RESPONSE_BODY = A.HTTP_REQUEST_BODY_CONTENT, A.HTTP_RESPONSE_BODY_CONTENT
+_REQUEST_HEADERS, _RESPONSE_HEADERS = A.MOESIF_REQUEST_HEADERS, A.MOESIF_RESPONSE_HEADERS
 _DROP_COUNTERS = ("dropped_mask", "dropped_too_large", "dropped_conversion", "sampled_out")
 
 
 def span_weight(span: ReadableSpan) -> int:
     """What a queued span costs in EVENT_QUEUE_BYTES: its captured bodies and header strings plus
-    a fixed overhead (a few dict lookups: it runs on the request path)."""
-    attrs = span_attributes(span)
-    size = SPAN_OVERHEAD
-    for key in _WEIGHED:
-        value = attrs.get(key)
-        if value is not None and type(value) in (str, bytes):
-            size += len(value)
-    return size
+    a fixed overhead. It runs on the request path: four lookups, no loop."""
+    get = span_attributes(span).get
+    try:
+        return (
+            SPAN_OVERHEAD
+            + len(get(_REQUEST_BODY) or b"")
+            + len(get(_RESPONSE_BODY) or b"")
+            + len(get(_REQUEST_HEADERS) or "")
+            + len(get(_RESPONSE_HEADERS) or "")
+        )
+    except TypeError:  # not capture's str/bytes (another instrumentation's value): the overhead only
+        return SPAN_OVERHEAD
 
 
 def log_shutdown_summary(stats: Mapping[str, int]) -> None:
@@ -221,11 +219,13 @@ class MoesifSpanExporter(SpanExporter):
 
     # -- SpanExporter -----------------------------------------------------------------------------
 
-    def export(self, spans: Sequence[ReadableSpan], *, charged: bool = False) -> SpanExportResult:
-        """Convert and hand over for upload. ``charged``: the spans hold bytes of the delivery's
-        budget (MoesifSpanProcessor reserved them), given back as each one is converted."""
+    def export(
+        self, spans: Sequence[ReadableSpan], *, release: Callable[[int], None] | None = None
+    ) -> SpanExportResult:
+        """Convert and hand over for upload. ``release(bytes)``: the queue that charged these spans
+        to EVENT_QUEUE_BYTES (MoesifSpanProcessor) gets each one's weight back once converted."""
         calls = [span for span in spans if is_api_call(span, self.options)]
-        budget = self.delivery.budget if charged else None
+        budget = release
         if not calls:
             return SpanExportResult.SUCCESS
         with self._lock:
@@ -238,7 +238,7 @@ class MoesifSpanExporter(SpanExporter):
                 self._jobs.add(job)
         if late:
             if budget is not None:
-                budget.give(sum(span_weight(span) for span in calls))
+                budget(sum(span_weight(span) for span in calls))
             return SpanExportResult.FAILURE
         self._local.job = job
         try:
@@ -249,7 +249,7 @@ class MoesifSpanExporter(SpanExporter):
                 self._jobs.discard(job)
 
     def _convert(
-        self, calls: list[ReadableSpan], job: _Conversion, budget: ByteBudget | None
+        self, calls: list[ReadableSpan], job: _Conversion, budget: Callable[[int], None] | None
     ) -> SpanExportResult:
         ok = True
         payload = _GzipPayload()
@@ -262,7 +262,7 @@ class MoesifSpanExporter(SpanExporter):
                     return SpanExportResult.FAILURE
                 data = self._encode(span)
                 if budget is not None:
-                    budget.give(span_weight(span))
+                    budget(span_weight(span))
                 if data is None:  # dropped and counted by its cause
                     with self._lock:
                         if not job.abandoned:
@@ -279,7 +279,7 @@ class MoesifSpanExporter(SpanExporter):
                 ok = self._submit(payload, job) and ok
         finally:
             if budget is not None and index < len(calls) - 1:
-                budget.give(sum(span_weight(span) for span in calls[index + 1 :]))
+                budget(sum(span_weight(span) for span in calls[index + 1 :]))
         return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
 
     def _submit(self, payload: _GzipPayload, job: _Conversion) -> bool:

@@ -52,9 +52,10 @@ class MoesifSpanProcessor(SpanProcessor):
         self.schedule_delay = schedule_delay
         self.shutdown_timeout = shutdown_timeout
         moesif = exporter if isinstance(exporter, MoesifSpanExporter) else None
-        # a Moesif exporter's budget: its delivery gives back what conversion takes from the queue
+        # EVENT_QUEUE_BYTES: this queue's bytes count against the budget of a Moesif exporter's
+        # delivery, so that queue and backlog are bounded together
         self.budget = budget if budget is not None else (moesif.delivery.budget if moesif else None)
-        self._charged = moesif is not None and self.budget is moesif.delivery.budget
+        self._charged = moesif is not None and self.budget is not None
         self.clock = clock or (moesif.clock if moesif else ShutdownClock(shutdown_timeout))
         self._shutdown = False
         self._init_state()
@@ -78,6 +79,8 @@ class MoesifSpanProcessor(SpanProcessor):
         """Fresh queue, lock, worker and counters: at construction and in a forked child, whose stats
         then describe its own events, like its delivery's (the parent counts the parent's)."""
         self._taken = 0  # spans handed to the exporter so far
+        self._added = 0  # bytes of spans queued so far (EVENT_QUEUE_BYTES)
+        self._released = 0  # of those, bytes given back (converted, or dropped at shutdown)
         self._done = 0  # of those, spans whose export returned
         self.dropped_queue_full = 0
         self.dropped_shutdown = 0  # still queued at the shutdown deadline
@@ -102,9 +105,15 @@ class MoesifSpanProcessor(SpanProcessor):
             self._drop(f"EVENT_QUEUE_SIZE={self.max_queue_size} events")
             return
         budget = self.budget
-        if budget is not None and not budget.take(span_weight(span)):
-            self._drop(f"EVENT_QUEUE_BYTES={budget.limit} bytes, queued events and pending uploads")
-            return
+        if budget is not None:
+            # No lock (one costs more than the rest of on_end): _added is written here only, on
+            # the threads that end spans (the event loop's, for server spans), _released by the
+            # worker only; the delivery's share (budget.used) is read as it stands.
+            weight = span_weight(span)
+            if self._added - self._released + budget.used + weight > budget.limit:
+                self._drop(f"EVENT_QUEUE_BYTES={budget.limit} bytes, queued events and pending uploads")
+                return
+            self._added += weight
         self._queue.append(span)  # thread-safe; what was queued is counted from it (``queued``)
         if self._worker is None:
             self._start_worker()
@@ -192,7 +201,7 @@ class MoesifSpanProcessor(SpanProcessor):
                 self._exporting += 1
             try:
                 if self._charged:
-                    self.exporter.export(batch, charged=True)  # type: ignore[call-arg]
+                    self.exporter.export(batch, release=self._release)  # type: ignore[call-arg]
                 else:
                     self.exporter.export(batch)
             except Exception:
@@ -251,8 +260,8 @@ class MoesifSpanProcessor(SpanProcessor):
             exporting = self._exporting
             self._cond.notify_all()
         if leftover:
-            if self._charged and self.budget is not None:
-                self.budget.give(sum(span_weight(span) for span in leftover))
+            if self._charged:
+                self._release(sum(span_weight(span) for span in leftover))
             logger.warning(
                 "moesif_otel: %d events still queued at the shutdown deadline (SHUTDOWN_TIMEOUT=%s); "
                 "counted as dropped_shutdown",
@@ -268,6 +277,16 @@ class MoesifSpanProcessor(SpanProcessor):
             log_shutdown_summary(merge_stats(self, exporter.stats()))
         else:
             exporter.shutdown()
+
+    def _release(self, size: int) -> None:
+        self._released += size
+
+    @property
+    def queue_bytes(self) -> int:
+        """Bytes held by queued spans and, with a Moesif exporter, its pending uploads."""
+        if self.budget is None:
+            return 0
+        return self._added - self._released + self.budget.used
 
     @property
     def queued(self) -> int:
@@ -285,7 +304,7 @@ class MoesifSpanProcessor(SpanProcessor):
                 "dropped_shutdown": self.dropped_shutdown,
                 "captured": queued + self.dropped_queue_full,
                 "pending": pending,
-                "queue_bytes": self.budget.used if self.budget is not None else 0,
+                "queue_bytes": self.queue_bytes,
             }
 
 
@@ -305,5 +324,5 @@ def merge_stats(processor: MoesifSpanProcessor, exporter_stats: dict[str, int]) 
         merged[key] = processor_stats.get(key, 0) + exporter_stats.get(key, 0)
     merged["captured"] = processor_stats["captured"]
     merged["pending"] = queued_spans + handed_not_received + exporter_stats.get("pending", 0)
-    merged["queue_bytes"] = exporter_stats.get("queue_bytes", processor_stats["queue_bytes"])
+    merged["queue_bytes"] = processor_stats["queue_bytes"]
     return merged
