@@ -7,8 +7,13 @@ exponential backoff (``Retry-After`` wins, and pauses every worker since it desc
 not the batch), and count every event that a bound forces us to drop, by cause.
 
 A batch waiting for its backoff sits in a heap, not in a worker, so a retry never ties up a
-thread. Threads start on the first submit and are re-created after ``os.fork()`` in the child,
-which starts with an empty backlog (the parent keeps delivering its own).
+thread. Threads start on the first submit, sleep (no timer) while there is nothing to send, exit
+after IDLE_EXIT of that, and are re-created after ``os.fork()`` in the child, which starts with an
+empty backlog (the parent keeps delivering its own).
+
+One Delivery serves every exporter of a process with the same collector and delivery settings
+(:func:`shared_delivery`); each submitter's counts are kept in its own :data:`Tally`. Payloads count
+against a :class:`ByteBudget` (EVENT_QUEUE_BYTES) that the span queue shares.
 """
 
 from __future__ import annotations
