@@ -428,10 +428,7 @@ class MoesifSpanExporter(SpanExporter):
         return None
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        timeout = timeout_millis / 1000
-        if self.clock.deadline is not None:
-            timeout = min(timeout, self.clock.remaining())
-        return self.delivery.flush(timeout, self._tally if self._shares_delivery else None)
+        return self.delivery.flush(timeout_millis / 1000, self._tally if self._shares_delivery else None)
 
     def shutdown(self, timeout_millis: int | None = None, *, summary: bool = True) -> None:
         """Deliver what was handed over and stop, within what is left of the shutdown clock

@@ -81,11 +81,8 @@ class Pipeline:
         return self.exporter.clock
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Deliver everything captured so far, within ``timeout`` seconds (SHUTDOWN_TIMEOUT), and
-        within what is left of the shutdown clock once a shutdown stage started it."""
+        """Deliver everything captured so far, within ``timeout`` seconds (SHUTDOWN_TIMEOUT)."""
         timeout = self.settings.shutdown_timeout if timeout is None else timeout
-        if self.clock.deadline is not None:
-            timeout = min(timeout, self.clock.remaining())
         if self.owns_processor:
             return self.processor.force_flush(int(timeout * 1000))
         return flush_moesif(self.tracer_provider, timeout)
@@ -94,8 +91,7 @@ class Pipeline:
         """The lifespan shutdown's flush: starts the shutdown clock, so that atexit, the provider's
         shutdown and SIGTERM that follow get only what is left of SHUTDOWN_TIMEOUT. When everything
         was delivered, the clock stops again: the app may go on (a TestClient left, not the process)."""
-        self.clock.start()
-        delivered = self.flush()
+        delivered = self.flush(self.clock.remaining())  # starts the clock
         if delivered:
             self.clock.reset()
         return delivered
@@ -110,11 +106,10 @@ class Pipeline:
 
         A processor this pipeline found on the provider is the provider's to shut down: only flushed.
         """
-        self.clock.start()
         if self.owns_processor:
             self.processor.shutdown()
         else:
-            self.flush()
+            self.flush(self.clock.remaining())
 
     def stats(self) -> dict[str, int]:
         """``captured == sent + sum(dropped_*) + sampled_out_outgoing + pending``; see merge_stats."""

@@ -217,12 +217,10 @@ class MoesifSpanProcessor(SpanProcessor):
     # -- lifecycle --------------------------------------------------------------------------------
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        """Wake the worker to export everything queued and wait for it, within the timeout (and
-        the shutdown clock, once it runs). Only where no worker can run (interpreter exit) does
-        the caller's thread convert, bounded by the deadline between events."""
+        """Wake the worker to export everything queued and wait for it, within the timeout. Only
+        where no worker can run (interpreter exit) does the caller's thread convert, bounded by
+        the deadline between batches (and by the shutdown clock between events)."""
         deadline = time.monotonic() + timeout_millis / 1000
-        if self.clock.deadline is not None:
-            deadline = min(deadline, self.clock.deadline)
         with self._cond:
             target = self._taken + len(self._queue)
             self._flushing += 1

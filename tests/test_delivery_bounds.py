@@ -356,3 +356,30 @@ def test_an_idle_processor_worker_sleeps_until_work_arrives() -> None:
         assert condition.timed_out == before
     finally:
         processor.shutdown()
+
+
+def test_a_new_lifespan_gets_a_fresh_shutdown_budget(collector: Collector) -> None:
+    """The shutdown clock a lifespan shutdown starts is shared by later stages, not by a later run
+    of the app: a TestClient entered again flushes its events at its own shutdown."""
+    from starlette.testclient import TestClient
+
+    app = MoesifMiddleware(
+        Starlette(routes=[Route("/", _ok)]),
+        settings={
+            "APPLICATION_ID": "x",
+            "BASE_URI": collector.url,
+            "SHUTDOWN_TIMEOUT": 0.5,
+            "EVENT_BATCH_TIMEOUT": 300,
+        },
+    )
+    try:
+        collector.hang()
+        with TestClient(app) as client:
+            assert client.get("/", params={"id": "first"}).status_code == 200
+        # the flush ran out of time against the hung collector
+        collector.hang(False)
+        with TestClient(app) as client:
+            assert client.get("/", params={"id": "second"}).status_code == 200
+        assert any("second" in e["request"]["uri"] for e in collector.events)
+    finally:
+        app.pipeline.shutdown()
