@@ -223,8 +223,11 @@ class MoesifSpanExporter(SpanExporter):
         self, spans: Sequence[ReadableSpan], *, release: Callable[[int], None] | None = None
     ) -> SpanExportResult:
         """Convert and hand over for upload. ``release(bytes)``: the queue that charged these spans
-        to EVENT_QUEUE_BYTES (MoesifSpanProcessor) gets each one's weight back once converted."""
-        calls = [span for span in spans if is_api_call(span, self.options)]
+        to EVENT_QUEUE_BYTES (MoesifSpanProcessor) gets each one's weight back once converted; it
+        hands over its list, which is emptied so that each span is freed once converted."""
+        calls: list[ReadableSpan | None] = [span for span in spans if is_api_call(span, self.options)]
+        if release is not None and isinstance(spans, list):
+            spans.clear()
         budget = release
         if not calls:
             return SpanExportResult.SUCCESS
@@ -238,7 +241,7 @@ class MoesifSpanExporter(SpanExporter):
                 self._jobs.add(job)
         if late:
             if budget is not None:
-                budget(sum(span_weight(span) for span in calls))
+                budget(sum(span_weight(span) for span in calls if span is not None))
             return SpanExportResult.FAILURE
         self._local.job = job
         try:
@@ -249,20 +252,25 @@ class MoesifSpanExporter(SpanExporter):
                 self._jobs.discard(job)
 
     def _convert(
-        self, calls: list[ReadableSpan], job: _Conversion, budget: Callable[[int], None] | None
+        self, calls: list[ReadableSpan | None], job: _Conversion, budget: Callable[[int], None] | None
     ) -> SpanExportResult:
         ok = True
         payload = _GzipPayload()
-        index = 0
+        done = 0  # spans converted (and let go of)
         try:
-            for index, span in enumerate(calls):  # noqa: B007  (read in finally)
+            for index in range(len(calls)):
                 if self._closing and self.clock.expired():
                     self.abandon_conversions()
                 if job.abandoned:
                     return SpanExportResult.FAILURE
+                span = calls[index]
+                assert span is not None
                 data = self._encode(span)
+                calls[index] = None
+                done = index + 1
                 if budget is not None:
                     budget(span_weight(span))
+                del span
                 if data is None:  # dropped and counted by its cause
                     with self._lock:
                         if not job.abandoned:
@@ -274,12 +282,11 @@ class MoesifSpanExporter(SpanExporter):
                     ok = self._submit(payload, job) and ok
                     payload = _GzipPayload()
                 payload.add(data)
-            index = len(calls)
             if payload.count:
                 ok = self._submit(payload, job) and ok
         finally:
-            if budget is not None and index < len(calls) - 1:
-                budget(sum(span_weight(span) for span in calls[index + 1 :]))
+            if budget is not None and done < len(calls):
+                budget(sum(span_weight(span) for span in calls[done:] if span is not None))
         return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
 
     def _submit(self, payload: _GzipPayload, job: _Conversion) -> bool:

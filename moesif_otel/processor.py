@@ -198,6 +198,7 @@ class MoesifSpanProcessor(SpanProcessor):
                 batch = self._take()
                 if not batch:
                     return True
+                count = len(batch)
                 self._exporting += 1
             try:
                 if self._charged:
@@ -205,11 +206,11 @@ class MoesifSpanProcessor(SpanProcessor):
                 else:
                     self.exporter.export(batch)
             except Exception:
-                logger.exception("moesif_otel: exporting %d events failed", len(batch))
+                logger.exception("moesif_otel: exporting %d events failed", count)
             finally:
                 with self._cond:
                     self._exporting -= 1
-                    self._done += len(batch)
+                    self._done += count
                     self._cond.notify_all()
             if deadline is not None and time.monotonic() >= deadline:
                 return not self._queue
