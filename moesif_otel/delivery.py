@@ -7,8 +7,13 @@ exponential backoff (``Retry-After`` wins, and pauses every worker since it desc
 not the batch), and count every event that a bound forces us to drop, by cause.
 
 A batch waiting for its backoff sits in a heap, not in a worker, so a retry never ties up a
-thread. Threads start on the first submit and are re-created after ``os.fork()`` in the child,
-which starts with an empty backlog (the parent keeps delivering its own).
+thread. Threads start on the first submit, sleep (no timer) while there is nothing to send, exit
+after IDLE_EXIT of that, and are re-created after ``os.fork()`` in the child, which starts with an
+empty backlog (the parent keeps delivering its own).
+
+One Delivery serves every exporter of a process with the same collector and delivery settings
+(:func:`shared_delivery`); each submitter's counts are kept in its own :data:`Tally`. Payloads count
+against a :class:`ByteBudget` (EVENT_QUEUE_BYTES) that the span queue shares.
 """
 
 from __future__ import annotations
@@ -32,11 +37,21 @@ from datetime import timezone
 from moesif_otel.logonce import LogOnce
 from moesif_otel.transport import HttpTransport, Response, TransportError
 
-__all__ = ["Delivery", "OnDone", "parse_retry_after"]
+__all__ = [
+    "ByteBudget",
+    "Delivery",
+    "OnDone",
+    "ShutdownClock",
+    "Tally",
+    "new_tally",
+    "parse_retry_after",
+    "shared_delivery",
+]
 
 _log = logging.getLogger("moesif_otel.delivery")
 
 _STATS_LOG_INTERVAL = 60.0  # seconds between DEBUG stats lines
+IDLE_EXIT = 30.0  # seconds a worker with nothing to send waits before it exits (and closes its socket)
 _BODY_IN_LOG = 300  # characters of a collector's error answer worth showing
 
 _COUNTERS = (
@@ -50,6 +65,73 @@ _COUNTERS = (
     "dropped_retry_exhausted",
     "dropped_shutdown",
 )
+
+Tally = dict[str, int]
+"""Per-submitter counters (the keys of ``Delivery.stats()`` minus ``pending_batches``): a delivery
+shared by several exporters updates each submitter's own tally next to its totals."""
+
+
+def new_tally() -> Tally:
+    return dict.fromkeys(_COUNTERS, 0)
+
+
+class ByteBudget:
+    """Bytes held by events waiting for conversion or upload (EVENT_QUEUE_BYTES), one budget shared
+    by the span queue and the delivery backlog, so that memory is bounded in bytes, not only in
+    events: a 120 KB body weighs 1,000 small ones."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._reset()
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.WeakMethod(self._reset)
+            os.register_at_fork(after_in_child=lambda: (m := ref()) is not None and m())
+
+    def _reset(self) -> None:
+        self.used = 0  # a forked child holds none of the parent's queues
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bool:
+        """Reserve ``size`` bytes; False (nothing reserved) when that would exceed the limit."""
+        with self._lock:
+            if self.used + size > self.limit:
+                return False
+            self.used += size
+            return True
+
+    def give(self, size: int) -> None:
+        with self._lock:
+            self.used -= size
+
+
+class ShutdownClock:
+    """One shutdown deadline per pipeline, shared by every stage that runs at shutdown.
+
+    The lifespan flush, atexit, the provider's shutdown and the SIGTERM hook each used to allow a
+    full SHUTDOWN_TIMEOUT, so a process with a hung collector took twice (or more) that long to
+    exit. The first stage starts the clock; later ones get only what is left. A new lifespan
+    startup (a TestClient entered again) resets it.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.deadline: float | None = None
+
+    def start(self) -> float:
+        """The deadline, starting the clock if no stage has yet."""
+        if self.deadline is None:
+            self.deadline = time.monotonic() + max(0.0, self.timeout)
+        return self.deadline
+
+    def remaining(self) -> float:
+        return max(0.0, self.start() - time.monotonic())
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def reset(self) -> None:
+        self.deadline = None
+
 
 OnDone = Callable[[str, Response | None], None]
 """``on_done(outcome, response)``: called once per submit with the final outcome, one of "sent",
@@ -113,6 +195,8 @@ class _Batch:
     abandoned: bool = False  # counted as dropped by shutdown while a worker still held it
     on_done: OnDone | None = None
     done: bool = False  # on_done already called (guarded by Delivery._lock)
+    tally: Tally | None = None  # the submitter's own counters
+    weight: int = 0  # bytes reserved in the budget until the batch's final outcome
 
 
 def _reinit_after_fork(ref: weakref.ref[Delivery]) -> None:
@@ -135,6 +219,8 @@ class Delivery:
         backoff_max: float = 30.0,
         on_response: Callable[[Response], None] | None = None,
         name: str = "moesif",
+        budget: ByteBudget | None = None,
+        idle_exit: float = IDLE_EXIT,
     ) -> None:
         if max_pending < 1 or workers < 1:
             raise ValueError("max_pending and workers must be at least 1")
@@ -146,6 +232,10 @@ class Delivery:
         self._backoff_max = backoff_max
         self._on_response = on_response
         self._name = name
+        self.budget = budget
+        self._idle_exit = idle_exit
+        self._users = 0  # exporters sharing it (shared_delivery); the last one shuts it down
+        self._key: tuple | None = None
         self._closed = False  # no more submits
         self._stopped = False  # workers exit; nothing left to deliver
         self._reset_state()
@@ -166,8 +256,10 @@ class Delivery:
         self._gate_until = 0.0  # Retry-After: nobody sends before this (monotonic)
         self._threads: list[threading.Thread] = []
         self._counters = dict.fromkeys(_COUNTERS, 0)
+        self._untallied = dict.fromkeys(_COUNTERS, 0)  # what was submitted without a tally
         self._warnings = LogOnce(_log)
         self._last_stats_log = time.monotonic()
+        self._claimed_on_drop: list[_Batch] = []
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -179,36 +271,46 @@ class Delivery:
         count: int,
         headers: Mapping[str, str] | None = None,
         on_done: OnDone | None = None,
+        tally: Tally | None = None,
     ) -> bool:
         """Queue one payload of ``count`` events; never blocks, never raises. False when dropped.
 
         ``on_done`` (see :data:`OnDone`) lets a caller learn the outcome of this one payload; it is
         called exactly once, also when the payload is refused (before ``submit`` returns False).
+        ``tally`` (see :func:`new_tally`) gets this payload's counts next to the delivery's totals.
         """
         cause = "error"
+        budget = self.budget
         try:
-            batch = _Batch(path, payload, count, dict(headers) if headers else None, on_done=on_done)
+            batch = _Batch(
+                path, payload, count, dict(headers) if headers else None, on_done=on_done, tally=tally
+            )
             start_error: BaseException | None = None
             with self._lock:
                 if self._closed:
-                    self._counters["dropped_shutdown"] += count
                     cause = "shutdown"
                 elif self._pending() >= self._max_pending:
-                    self._counters["dropped_queue_full"] += count
                     cause = "queue_full"
+                elif budget is not None and not budget.take(len(payload)):
+                    cause = "bytes_full"
                 else:
+                    batch.weight = len(payload) if budget is not None else 0
                     self._ready.append(batch)
-                    self._counters["queued"] += count
-                    self._counters["in_flight"] += count
+                    self._count(tally, "queued", count)
+                    self._count(tally, "in_flight", count)
                     start_error = self._ensure_started()
                     self._work.notify()
                     cause = ""
+                if cause:
+                    self._count(
+                        tally, "dropped_shutdown" if cause == "shutdown" else "dropped_queue_full", count
+                    )
         except Exception as exc:
             self._warnings.warning("submit", "Moesif delivery could not queue a payload: %r", exc)
             self._call_on_done(on_done, cause, None)
             return False
         if cause:
-            self._call_on_done(on_done, cause, None)
+            self._call_on_done(on_done, "queue_full" if cause == "bytes_full" else cause, None)
         if start_error is not None:
             self._warnings.warning("start", "Moesif delivery could not start its threads: %r", start_error)
         if cause == "queue_full":
@@ -218,6 +320,14 @@ class Delivery:
                 "(counted as dropped_queue_full)",
                 self._max_pending,
             )
+        elif cause == "bytes_full":
+            assert budget is not None
+            self._warnings.warning(
+                cause,
+                "Moesif event queue is full (EVENT_QUEUE_BYTES=%d bytes held by queued events and "
+                "pending uploads); new events are dropped (counted as dropped_queue_full)",
+                budget.limit,
+            )
         elif cause == "shutdown":
             self._warnings.warning(
                 "submit_after_shutdown",
@@ -226,18 +336,26 @@ class Delivery:
             )
         return not cause
 
-    def flush(self, timeout: float) -> bool:
-        """Wait until every submitted payload is sent or dropped; False if ``timeout`` ran out first.
+    def flush(self, timeout: float, tally: Tally | None = None) -> bool:
+        """Wait until every submitted payload (or every one counted in ``tally``) is sent or dropped;
+        False if ``timeout`` ran out first.
 
         Don't call it from ``on_response``: the batch being answered is still pending.
         """
         deadline = time.monotonic() + max(0.0, timeout)
+
+        def pending() -> int:
+            # a submitter's own payloads, and those nobody tallies (profile updates on a shared delivery)
+            return tally["in_flight"] + self._untallied["in_flight"] if tally is not None else self._pending()
+
         with self._lock:
+            if self._pending() and not self._stopped:
+                self._ensure_started()  # idle workers exit; a retry due later needs one back
             no_workers = not any(thread.is_alive() for thread in self._threads)
         if no_workers:
             self._deliver_here(deadline)
         with self._lock:
-            while self._pending():
+            while pending():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -282,27 +400,76 @@ class Delivery:
         with self._lock:
             self._closed = True
         self.flush(deadline - time.monotonic())
-        dropped = 0
         with self._lock:
             if not self._stopped:
                 self._stopped = True
-                leftovers = [*self._ready, *(entry[2] for entry in self._waiting), *self._in_flight]
-                for batch in leftovers:
-                    batch.abandoned = True
-                    dropped += batch.count
-                self._ready.clear()
-                self._waiting.clear()
-                self._in_flight.clear()
-                self._counters["dropped_shutdown"] += dropped
-                self._counters["in_flight"] -= dropped
+                dropped = self._drop_pending(None)
                 self._work.notify_all()
-                self._idle.notify_all()
-                leftovers = [b for b in leftovers if self._claim(b)]
             else:
-                leftovers = []
+                dropped = 0
             current = threading.current_thread()
             threads = [t for t in self._threads if t is not current]
-        for batch in leftovers:
+        self._report_dropped(dropped)
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        _log.debug("Moesif delivery stopped: %s", self.stats())
+        return dropped == 0
+
+    def release(self, timeout: float, tally: Tally | None = None) -> None:
+        """A user of a :func:`shared_delivery` is done: the last one shuts it down (within
+        ``timeout``); an earlier one waits for its own payloads (``tally``) and drops the rest."""
+        with _shared_lock:
+            self._users -= 1
+            last = self._users <= 0
+            if last and _shared.get(self._key) is self:
+                del _shared[self._key]
+        if last:
+            self.shutdown(timeout)
+        elif tally is not None:
+            self.flush(timeout, tally)
+            self.abandon(tally)
+
+    def abandon(self, tally: Tally) -> int:
+        """Count what ``tally``'s submitter still has pending as dropped ("shutdown") and forget it:
+        that submitter is shutting down while others keep using this delivery. Returns the events."""
+        with self._lock:
+            dropped = self._drop_pending(tally)
+        self._report_dropped(dropped)
+        return dropped
+
+    def _drop_pending(self, tally: Tally | None) -> int:
+        """Drop pending batches (all, or ``tally``'s), counted as "shutdown" (lock held)."""
+        mine = (lambda b: True) if tally is None else (lambda b: b.tally is tally)
+        ready = [b for b in self._ready if mine(b)]
+        waiting = [entry for entry in self._waiting if mine(entry[2])]
+        held = [b for b in self._in_flight if mine(b)]
+        if tally is None:
+            self._ready.clear()
+            self._waiting.clear()
+        else:
+            self._ready = deque(b for b in self._ready if not mine(b))
+            self._waiting = [entry for entry in self._waiting if not mine(entry[2])]
+            heapq.heapify(self._waiting)
+        dropped = 0
+        claimed: list[_Batch] = []
+        for batch in [*ready, *(entry[2] for entry in waiting), *held]:
+            batch.abandoned = True
+            dropped += batch.count
+            self._count(batch.tally, "dropped_shutdown", batch.count)
+            self._count(batch.tally, "in_flight", -batch.count)
+            if batch not in self._in_flight:
+                self._give(batch)  # a worker still holds the others: given back when it lets go
+            if self._claim(batch):
+                claimed.append(batch)
+        self._in_flight.difference_update(held)
+        self._idle.notify_all()
+        self._claimed_on_drop = claimed
+        return dropped
+
+    def _report_dropped(self, dropped: int) -> None:
+        with self._lock:
+            claimed, self._claimed_on_drop = self._claimed_on_drop, []
+        for batch in claimed:
             self._call_on_done(batch.on_done, "shutdown", None)
         if dropped:
             self._warnings.warning(
@@ -311,17 +478,28 @@ class Delivery:
                 "(counted as dropped_shutdown)",
                 dropped,
             )
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        _log.debug("Moesif delivery stopped: %s", self.stats())
-        return dropped == 0
 
-    def stats(self) -> dict[str, int]:
-        """Counters in events (``pending_batches`` in batches). Events refused at the door
-        (``dropped_queue_full``, submits after shutdown) are not part of ``queued``."""
+    def _count(self, tally: Tally | None, key: str, n: int) -> None:
+        """Totals and the submitter's own tally (lock held)."""
+        self._counters[key] += n
+        (self._untallied if tally is None else tally)[key] += n
+
+    def _give(self, batch: _Batch) -> None:
+        if batch.weight and self.budget is not None:
+            self.budget.give(batch.weight)
+        batch.weight = 0
+
+    def stats(self, tally: Tally | None = None) -> dict[str, int]:
+        """Counters in events (``pending_batches`` in batches), in all or ``tally``'s own. Events
+        refused at the door (``dropped_queue_full``, submits after shutdown) are not part of ``queued``."""
         with self._lock:
-            out = dict(self._counters)
-            out["pending_batches"] = self._pending()
+            if tally is None:
+                out = dict(self._counters)
+                out["pending_batches"] = self._pending()
+            else:
+                out = dict(tally)
+                batches = [*self._ready, *(entry[2] for entry in self._waiting), *self._in_flight]
+                out["pending_batches"] = sum(1 for batch in batches if batch.tally is tally)
         return out
 
     # -- worker side ---------------------------------------------------------------------------
@@ -330,10 +508,13 @@ class Delivery:
         return len(self._ready) + len(self._waiting) + len(self._in_flight)
 
     def _ensure_started(self) -> BaseException | None:
-        """Start the workers on first use (called with the lock held)."""
-        if self._threads:
+        """Start the workers on first use, and again after idle ones exited (called with the lock held)."""
+        if len(self._threads) >= self._workers:
             return None
+        running = {thread.name for thread in self._threads}
         for index in range(self._workers):
+            if f"{self._name}-delivery-{index}" in running:
+                continue
             thread = threading.Thread(target=self._run, name=f"{self._name}-delivery-{index}", daemon=True)
             try:
                 thread.start()
@@ -368,6 +549,13 @@ class Delivery:
                         self._in_flight.add(batch)
                         return batch
                     timeout = self._waiting[0][0] - now if self._waiting else None
+                if timeout is None:
+                    # Nothing to send: sleep until a submit (no periodic wake); after IDLE_EXIT
+                    # of that, exit and close the connection (a submit starts a worker again).
+                    if not self._work.wait(self._idle_exit) and not self._ready and not self._waiting:
+                        self._threads.remove(threading.current_thread())
+                        return None
+                    continue
                 self._work.wait(timeout)
             return None
 
@@ -443,32 +631,33 @@ class Delivery:
             if claimed:
                 final = "retry_exhausted" if outcome == "exhausted" else outcome
                 self._call_on_done(batch.on_done, final, response)
-        count = batch.count
+        count, tally = batch.count, batch.tally
         with self._lock:
             self._in_flight.discard(batch)
-            counters = self._counters
             if retry_after is not None:
                 self._gate_until = max(self._gate_until, now + delay)
             if batch.abandoned:
+                self._give(batch)
                 # Already counted as dropped by shutdown; a late success is still a success.
                 if outcome == "sent":
-                    counters["dropped_shutdown"] -= count
-                    counters["sent"] += count
-                    counters["batches_sent"] += 1
+                    self._count(tally, "dropped_shutdown", -count)
+                    self._count(tally, "sent", count)
+                    self._count(tally, "batches_sent", 1)
                 return
             if outcome == "retry":
                 heapq.heappush(self._waiting, (now + delay, next(self._seq), batch))
-                counters["retried"] += count
+                self._count(tally, "retried", count)
                 self._work.notify_all()
                 return
+            self._give(batch)
             if outcome == "sent":
-                counters["sent"] += count
-                counters["batches_sent"] += 1
+                self._count(tally, "sent", count)
+                self._count(tally, "batches_sent", 1)
             elif outcome == "rejected":
-                counters["dropped_rejected"] += count
+                self._count(tally, "dropped_rejected", count)
             else:
-                counters["dropped_retry_exhausted"] += count
-            counters["in_flight"] -= count
+                self._count(tally, "dropped_retry_exhausted", count)
+            self._count(tally, "in_flight", -count)
             self._idle.notify_all()
 
     def _claim(self, batch: _Batch) -> bool:
@@ -544,3 +733,21 @@ class Delivery:
             return
         self._last_stats_log = now
         _log.debug("Moesif delivery stats: %s", self.stats())
+
+
+_shared: dict[tuple, Delivery] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_delivery(key: tuple, make: Callable[[], Delivery]) -> Delivery:
+    """The process's Delivery for ``key`` (collector, application id and the settings that shape
+    delivery), made on first use and reference-counted: an app that builds a middleware per test
+    shares one set of threads and connections instead of keeping one per middleware until exit.
+    Release it with :meth:`Delivery.release`."""
+    with _shared_lock:
+        delivery = _shared.get(key)
+        if delivery is None or delivery._closed:
+            delivery = _shared[key] = make()
+            delivery._key = key
+        delivery._users += 1
+        return delivery

@@ -9,11 +9,13 @@ whose own workers upload, retry and overlap — so a slow collector never stalls
 
 from __future__ import annotations
 
-import gzip
+import functools
 import logging
 import os
+import threading
 import weakref
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,16 +23,18 @@ from moesifapi.models import EventModel
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from moesif_otel import attributes as A
 from moesif_otel import jsoncodec
 from moesif_otel._version import __version__
 from moesif_otel.appconfig import RequestFacts, keep, weight_for
 from moesif_otel.config_sync import shared_config
-from moesif_otel.delivery import Delivery
+from moesif_otel.delivery import ByteBudget, Delivery, ShutdownClock, Tally, new_tally, shared_delivery
 from moesif_otel.event import (
     EventOptions,
     event_document,
     from_event_model,
     is_api_call,
+    span_attributes,
     to_event_model,
 )
 from moesif_otel.hooks import run_awaitable
@@ -45,6 +49,72 @@ EVENTS_PATH = "/v1/events/batch"
 MAX_EVENT_BYTES = 1_000_000  # Moesif rejects events over 1 MB
 MAX_PAYLOAD_BYTES = 8_000_000  # uncompressed; far below the 50 MB batch limit
 _GZIP_LEVEL = 1  # most of the size win for a fraction of the CPU
+SPAN_OVERHEAD = 4096  # bytes a finished span holds besides its bodies and header strings (measured ~3 KB)
+_REQUEST_BODY, _RESPONSE_BODY = A.HTTP_REQUEST_BODY_CONTENT, A.HTTP_RESPONSE_BODY_CONTENT
+_REQUEST_HEADERS, _RESPONSE_HEADERS = A.MOESIF_REQUEST_HEADERS, A.MOESIF_RESPONSE_HEADERS
+_DROP_COUNTERS = ("dropped_mask", "dropped_too_large", "dropped_conversion", "sampled_out")
+
+
+def span_weight(span: ReadableSpan) -> int:
+    """What a queued span costs in EVENT_QUEUE_BYTES: its captured bodies and header strings plus
+    a fixed overhead. It runs on the request path: four lookups, no loop."""
+    get = span_attributes(span).get
+    try:
+        return (
+            SPAN_OVERHEAD
+            + len(get(_REQUEST_BODY) or b"")
+            + len(get(_RESPONSE_BODY) or b"")
+            + len(get(_REQUEST_HEADERS) or "")
+            + len(get(_RESPONSE_HEADERS) or "")
+        )
+    except TypeError:  # not capture's str/bytes (another instrumentation's value): the overhead only
+        return SPAN_OVERHEAD
+
+
+def log_shutdown_summary(stats: Mapping[str, int]) -> None:
+    """One WARNING at the end of shutdown when anything was lost, by cause: a loss is never silent."""
+    dropped = {key: n for key, n in stats.items() if key.startswith("dropped_") and n}
+    if dropped:
+        logger.warning(
+            "moesif_otel: shutdown summary: captured=%d sent=%d dropped %s (%d events not delivered)",
+            stats.get("captured", 0),
+            stats.get("sent", 0),
+            " ".join(f"{key}={n}" for key, n in sorted(dropped.items())),
+            sum(dropped.values()),
+        )
+
+
+class _Conversion:
+    """One export call's events not yet resolved (submitted or counted as dropped)."""
+
+    __slots__ = ("abandoned", "unresolved")
+
+    def __init__(self, count: int) -> None:
+        self.unresolved = count
+        self.abandoned = False  # counted as dropped_shutdown at the deadline; submits nothing more
+
+
+class _GzipPayload:
+    """A JSON array of events, gzipped as it is built: at most one event's uncompressed JSON is
+    alive at a time, instead of a whole batch encoded and then compressed (hundreds of MB with
+    big bodies)."""
+
+    def __init__(self) -> None:
+        self._zip = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 31)  # wbits 31: gzip framing
+        self._parts: list[bytes] = []
+        self.count = 0
+        self.size = 1  # uncompressed, with "[" and the separators
+
+    def add(self, data: bytes) -> None:
+        self._parts.append(self._zip.compress(b"," if self.count else b"["))
+        self._parts.append(self._zip.compress(data))
+        self.count += 1
+        self.size += len(data) + 1
+
+    def finish(self) -> bytes:
+        self._parts.append(self._zip.compress(b"]"))
+        self._parts.append(self._zip.flush())
+        return b"".join(self._parts)
 
 
 class MoesifSpanExporter(SpanExporter):
@@ -76,57 +146,189 @@ class MoesifSpanExporter(SpanExporter):
             response_body_masks=frozenset(settings.response_body_masks),
         )
         self._mask = settings.mask_event_model
+        self.clock = ShutdownClock(settings.shutdown_timeout)
+        self._lock = threading.Lock()
+        self._local = threading.local()  # this thread's conversion (abandoned: drops not counted)
         self._reset_counters()
         if hasattr(os, "register_at_fork"):  # a forked worker counts its own events
             ref = weakref.WeakMethod(self._reset_counters)
             os.register_at_fork(after_in_child=lambda: (m := ref()) is not None and m())
         # the app config (sampling, rules) shared with capture; upload answers announce changes
         self.app_config = shared_config(settings.collector_uri, settings.application_id, self._new_transport)
-        self.delivery = delivery or Delivery(
-            self._new_transport,
-            workers=settings.event_worker_count,
-            max_pending=max(16, settings.event_queue_size // max(1, settings.batch_size)),
-            on_response=lambda response: self.app_config.observe(response.headers),
-            name="moesif",
-        )
+        self._shares_delivery = delivery is None
+        self.delivery = delivery or shared_delivery(self._delivery_key(), self._make_delivery)
         self._shutdown = False
+        self._closing = False  # a shutdown is under way: its deadline bounds conversion
+
+    def _delivery_key(self) -> tuple:
+        s = self.settings
+        return (
+            s.collector_uri,
+            s.application_id,
+            s.event_worker_count,
+            self._max_pending(),
+            s.event_queue_bytes,
+        )
+
+    def _max_pending(self) -> int:
+        return max(16, self.settings.event_queue_size // max(1, self.settings.batch_size))
+
+    def _make_delivery(self) -> Delivery:
+        # shared by every exporter with the same key: nothing here may hold on to this exporter
+        s, config = self.settings, self.app_config
+        return Delivery(
+            functools.partial(HttpTransport, s.collector_uri, s.application_id, user_agent=USER_AGENT),
+            workers=s.event_worker_count,
+            max_pending=self._max_pending(),
+            on_response=lambda response: config.observe(response.headers),
+            name="moesif",
+            budget=ByteBudget(s.event_queue_bytes),
+        )
 
     def _reset_counters(self) -> None:
         self._warnings = LogOnce(logger)
-        self.exported = 0
-        self.dropped_mask = 0
-        self.dropped_too_large = 0
-        self.dropped_conversion = 0
-        self.sampled_out = 0
+        self._lock = threading.Lock()
+        self._drops = dict.fromkeys(_DROP_COUNTERS, 0)
+        self._tally: Tally = new_tally()  # this exporter's share of the (shared) delivery's counters
+        self._jobs: set[_Conversion] = set()
+        self.received = 0  # API-call spans handed to export
+        self.exported = 0  # events submitted for upload
+        self.dropped_shutdown = 0  # events still converting (or exported after shutdown) at the deadline
+
+    # A late conversion (its events already counted as dropped_shutdown at the deadline) must not
+    # count a drop again: these counters ignore increments from a thread whose conversion was abandoned.
+    def _drop_counter(name: str) -> property:  # type: ignore[misc]
+        def get(self: MoesifSpanExporter) -> int:
+            return self._drops[name]
+
+        def set_(self: MoesifSpanExporter, value: int) -> None:
+            job = getattr(self._local, "job", None)
+            if job is None or not job.abandoned:
+                self._drops[name] = value
+
+        return property(get, set_)
+
+    dropped_mask = _drop_counter("dropped_mask")
+    dropped_too_large = _drop_counter("dropped_too_large")
+    dropped_conversion = _drop_counter("dropped_conversion")
+    sampled_out = _drop_counter("sampled_out")
+    del _drop_counter
 
     def _new_transport(self) -> HttpTransport:
         return HttpTransport(self.settings.collector_uri, self.settings.application_id, user_agent=USER_AGENT)
 
     # -- SpanExporter -----------------------------------------------------------------------------
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        if self._shutdown:
+    def export(
+        self, spans: Sequence[ReadableSpan], *, release: Callable[[int], None] | None = None
+    ) -> SpanExportResult:
+        """Convert and hand over for upload. ``release(bytes)``: the queue that charged these spans
+        to EVENT_QUEUE_BYTES (MoesifSpanProcessor) gets each one's weight back once converted; it
+        hands over its list, which is emptied so that each span is freed once converted."""
+        calls: list[ReadableSpan | None] = [span for span in spans if is_api_call(span, self.options)]
+        if release is not None and isinstance(spans, list):
+            spans.clear()
+        budget = release
+        if not calls:
+            return SpanExportResult.SUCCESS
+        with self._lock:
+            self.received += len(calls)
+            late = self._shutdown
+            if late:
+                self.dropped_shutdown += len(calls)
+            else:
+                job = _Conversion(len(calls))
+                self._jobs.add(job)
+        if late:
+            if budget is not None:
+                budget(sum(span_weight(span) for span in calls if span is not None))
             return SpanExportResult.FAILURE
-        encoded: list[bytes] = []
-        for span in spans:
-            if not is_api_call(span, self.options):
-                continue
-            data = self._encode(span)
-            if data is not None:
-                encoded.append(data)
+        self._local.job = job
+        try:
+            return self._convert(calls, job, budget)
+        finally:
+            self._local.job = None
+            with self._lock:
+                self._jobs.discard(job)
+
+    def _convert(
+        self, calls: list[ReadableSpan | None], job: _Conversion, budget: Callable[[int], None] | None
+    ) -> SpanExportResult:
         ok = True
-        for payload, count in self._payloads(encoded):
-            ok = (
-                self.delivery.submit(
-                    EVENTS_PATH,
-                    gzip.compress(payload, _GZIP_LEVEL),
-                    count=count,
-                    headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
-                )
-                and ok
-            )
-        self.exported += len(encoded)
+        payload = _GzipPayload()
+        done = 0  # spans converted (and let go of)
+        try:
+            for index in range(len(calls)):
+                if self._closing and self.clock.expired():
+                    self.abandon_conversions()
+                if job.abandoned:
+                    return SpanExportResult.FAILURE
+                span = calls[index]
+                assert span is not None
+                data = self._encode(span)
+                calls[index] = None
+                done = index + 1
+                if budget is not None:
+                    budget(span_weight(span))
+                del span
+                if data is None:  # dropped and counted by its cause
+                    with self._lock:
+                        if not job.abandoned:
+                            job.unresolved -= 1
+                    continue
+                if payload.count and (
+                    payload.count >= self.settings.batch_size or payload.size + len(data) > MAX_PAYLOAD_BYTES
+                ):
+                    ok = self._submit(payload, job) and ok
+                    payload = _GzipPayload()
+                payload.add(data)
+            if payload.count:
+                ok = self._submit(payload, job) and ok
+        finally:
+            if budget is not None and done < len(calls):
+                budget(sum(span_weight(span) for span in calls[done:] if span is not None))
         return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
+
+    def _submit(self, payload: _GzipPayload, job: _Conversion) -> bool:
+        count = payload.count
+        body = payload.finish()
+        with self._lock:
+            if job.abandoned:  # finished after the shutdown deadline: already counted, never sent
+                return False
+            job.unresolved -= count
+            self.exported += count
+        return self.delivery.submit(
+            EVENTS_PATH,
+            body,
+            count=count,
+            headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+            tally=self._tally,
+        )
+
+    def begin_shutdown(self) -> None:
+        """From now on the shutdown clock bounds conversion: past it, events still converting are dropped."""
+        self.clock.start()
+        self._closing = True
+
+    def abandon_conversions(self) -> int:
+        """The shutdown deadline passed: count the events of conversions still running (a slow
+        MASK_EVENT_MODEL, say) as dropped_shutdown, once; when they finish they submit nothing."""
+        dropped = 0
+        with self._lock:
+            for job in self._jobs:
+                if not job.abandoned:
+                    job.abandoned = True
+                    dropped += job.unresolved
+                    job.unresolved = 0
+            self.dropped_shutdown += dropped
+        if dropped:
+            self._warnings.warning(
+                "shutdown-converting",
+                "moesif_otel: %d events were still being converted at the shutdown deadline "
+                "(SHUTDOWN_TIMEOUT); counted as dropped_shutdown",
+                dropped,
+            )
+        return dropped
 
     def accepts(self, span: ReadableSpan) -> bool:
         """Whether ``span`` becomes an event: processors use it to keep other spans out of queues."""
@@ -232,42 +434,45 @@ class MoesifSpanExporter(SpanExporter):
         self._warnings.warning("too-large", "moesif_otel: an event is over 1 MB even without bodies; dropped")
         return None
 
-    def _payloads(self, encoded: list[bytes]) -> list[tuple[bytes, int]]:
-        """JSON arrays of at most BATCH_SIZE events and MAX_PAYLOAD_BYTES."""
-        payloads: list[tuple[bytes, int]] = []
-        batch: list[bytes] = []
-        size = 0
-        for data in encoded:
-            if batch and (len(batch) >= self.settings.batch_size or size + len(data) > MAX_PAYLOAD_BYTES):
-                payloads.append((b"[" + b",".join(batch) + b"]", len(batch)))
-                batch, size = [], 0
-            batch.append(data)
-            size += len(data) + 1
-        if batch:
-            payloads.append((b"[" + b",".join(batch) + b"]", len(batch)))
-        return payloads
-
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return self.delivery.flush(timeout_millis / 1000)
+        return self.delivery.flush(timeout_millis / 1000, self._tally if self._shares_delivery else None)
 
-    def shutdown(self, timeout_millis: int | None = None) -> None:
+    def shutdown(self, timeout_millis: int | None = None, *, summary: bool = True) -> None:
+        """Deliver what was handed over and stop, within what is left of the shutdown clock
+        (SHUTDOWN_TIMEOUT from the first shutdown stage; the SDK's batch processor offers 30 s)."""
         if self._shutdown:
             return
+        self.begin_shutdown()
         self._shutdown = True
-        # the SDK's batch processor offers up to 30 s; SHUTDOWN_TIMEOUT is the bound users set
-        timeout = self.settings.shutdown_timeout
+        timeout = self.clock.remaining()
         if timeout_millis is not None:
             timeout = min(timeout, timeout_millis / 1000)
-        self.delivery.shutdown(timeout)
+        if self._shares_delivery:
+            self.delivery.release(timeout, self._tally)
+        else:
+            self.delivery.shutdown(timeout)
+        self.abandon_conversions()
         self.app_config.release()
+        if summary:
+            log_shutdown_summary(self.stats())
 
     def stats(self) -> dict[str, int]:
-        """Counters of this exporter and its delivery: what was sent, retried and dropped, by cause."""
+        """Counters of this exporter and its share of the delivery: what was captured, sent,
+        retried, dropped (by cause) and is still pending, in events."""
+        delivery = self.delivery.stats(self._tally if self._shares_delivery else None)
+        with self._lock:
+            converting = sum(job.unresolved for job in self._jobs)
+            dropped_shutdown = self.dropped_shutdown
+        budget = self.delivery.budget
         return {
+            "captured": self.received,
             "events_exported": self.exported,
             "dropped_mask": self.dropped_mask,
             "dropped_too_large": self.dropped_too_large,
             "dropped_conversion": self.dropped_conversion,
             "sampled_out_outgoing": self.sampled_out,
-            **self.delivery.stats(),
+            **delivery,
+            "dropped_shutdown": delivery["dropped_shutdown"] + dropped_shutdown,
+            "pending": converting + delivery["in_flight"],
+            "queue_bytes": budget.used if budget is not None else 0,
         }

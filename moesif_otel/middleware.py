@@ -108,7 +108,10 @@ class MoesifMiddleware:
             else:
                 await self._traced(scope, receive, send)
         elif kind == "lifespan":
-            await self.app(scope, receive, flush_before_shutdown_complete(send, self.pipeline.flush))
+            self.pipeline.started()
+            await self.app(
+                scope, receive, flush_before_shutdown_complete(send, self.pipeline.flush_at_shutdown)
+            )
         else:  # websocket and anything newer: untouched
             await self.app(scope, receive, send)
 

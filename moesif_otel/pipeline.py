@@ -20,8 +20,9 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
+from moesif_otel.delivery import ShutdownClock
 from moesif_otel.exporter import MoesifSpanExporter
-from moesif_otel.processor import MoesifSpanProcessor
+from moesif_otel.processor import MoesifSpanProcessor, merge_stats
 from moesif_otel.providers import flush_moesif, moesif_processors
 from moesif_otel.settings import Settings
 
@@ -74,6 +75,11 @@ class Pipeline:
         )
         return pipeline
 
+    @property
+    def clock(self) -> ShutdownClock:
+        """The shutdown deadline every stage shares (lifespan, atexit, provider, SIGTERM)."""
+        return self.exporter.clock
+
     def flush(self, timeout: float | None = None) -> bool:
         """Deliver everything captured so far, within ``timeout`` seconds (SHUTDOWN_TIMEOUT)."""
         timeout = self.settings.shutdown_timeout if timeout is None else timeout
@@ -81,26 +87,35 @@ class Pipeline:
             return self.processor.force_flush(int(timeout * 1000))
         return flush_moesif(self.tracer_provider, timeout)
 
+    def flush_at_shutdown(self) -> bool:
+        """The lifespan shutdown's flush: starts the shutdown clock, so that atexit, the provider's
+        shutdown and SIGTERM that follow get only what is left of SHUTDOWN_TIMEOUT. When everything
+        was delivered, the clock stops again: the app may go on (a TestClient left, not the process)."""
+        delivered = self.flush(self.clock.remaining())  # starts the clock
+        if delivered:
+            self.clock.reset()
+        return delivered
+
+    def started(self) -> None:
+        """A lifespan startup: a new run of the app, with a fresh shutdown clock."""
+        self.clock.reset()
+
     def shutdown(self) -> None:
-        """Flush within SHUTDOWN_TIMEOUT and stop; idempotent (atexit, lifespan and provider all call it).
+        """Flush within what is left of the shutdown clock and stop; idempotent (atexit, lifespan,
+        provider and SIGTERM all call it).
 
         A processor this pipeline found on the provider is the provider's to shut down: only flushed.
         """
         if self.owns_processor:
             self.processor.shutdown()
         else:
-            self.flush()
+            self.flush(self.clock.remaining())
 
     def stats(self) -> dict[str, int]:
-        processor_stats = self.processor.stats() if isinstance(self.processor, MoesifSpanProcessor) else {}
-        exporter_stats = self.exporter.stats()
-        merged = {**processor_stats, **exporter_stats}
-        # Both the span queue and the delivery backlog drop when full; a plain merge kept only the
-        # backlog's count and hid the other. An event dropped by either bound is one lost event.
-        merged["dropped_queue_full"] = processor_stats.get("dropped_queue_full", 0) + exporter_stats.get(
-            "dropped_queue_full", 0
-        )
-        return merged
+        """``captured == sent + sum(dropped_*) + sampled_out_outgoing + pending``; see merge_stats."""
+        if isinstance(self.processor, MoesifSpanProcessor):
+            return merge_stats(self.processor, self.exporter.stats())
+        return self.exporter.stats()
 
 
 # -- SIGTERM ------------------------------------------------------------------------------------------
@@ -113,6 +128,7 @@ class Pipeline:
 # SIGTERM, but the app module importing us runs before that. With no pipeline it is a pass-through.
 
 _live: list[weakref.ref[Pipeline]] = []
+_SIGTERM_MARGIN = 0.2  # seconds past the deadline for the stages to count and log what they dropped
 _sigterm_hooked = False
 
 
@@ -133,7 +149,8 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     pipelines = [p for ref in _live if (p := ref()) is not None]
     if pipelines:
         # On other threads: the signal may have interrupted this (main) thread inside one of our locks.
-        deadline = time.monotonic() + max(p.settings.shutdown_timeout for p in pipelines) + 1.0
+        # Each pipeline's clock may already run (a lifespan flush): the stages share one budget.
+        deadline = max(p.clock.start() for p in pipelines) + _SIGTERM_MARGIN
         threads = [
             threading.Thread(target=p.shutdown, name="moesif-otel-sigterm", daemon=True) for p in pipelines
         ]

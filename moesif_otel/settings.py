@@ -45,6 +45,12 @@ class Settings:
     event_queue_size: int = _setting(
         "EVENT_QUEUE_SIZE", 10_000, "int", "Finished requests waiting to be converted; beyond, counted drops."
     )
+    event_queue_bytes: int = _setting(
+        "EVENT_QUEUE_BYTES",
+        64 * 1024 * 1024,
+        "int",
+        "Bytes held by queued events and pending uploads, in all; beyond, counted drops.",
+    )
     event_worker_count: int = _setting("EVENT_WORKER_COUNT", 2, "int", "Concurrent uploads to the collector.")
     max_body_size: int = _setting(
         "MAX_BODY_SIZE", 131_072, "int", "Bytes of each body captured; larger bodies are not sent whole."
@@ -153,6 +159,7 @@ class Settings:
         for key, value, low in (
             ("BATCH_SIZE", self.batch_size, 1),
             ("EVENT_QUEUE_SIZE", self.event_queue_size, 1),
+            ("EVENT_QUEUE_BYTES", self.event_queue_bytes, 1),
             ("EVENT_WORKER_COUNT", self.event_worker_count, 1),
             ("MAX_BODY_SIZE", self.max_body_size, 0),
         ):

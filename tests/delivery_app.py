@@ -4,12 +4,14 @@ Settings come from ``MOESIF_*`` variables (``MOESIF_BASE_URI`` = the test's coll
 is built when the module is imported, so under ``gunicorn --preload`` the pipeline exists in the
 master before it forks its workers; with ``DELIVERY_APP_LAZY=1`` it is added the usual Starlette way
 instead, and built only when the server first calls the app. Each answer names the process that
-served it (``x-worker-pid``).
+served it (``x-worker-pid``). ``DELIVERY_APP_MASK_SLEEP`` (seconds) adds a MASK_EVENT_MODEL that sleeps.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -26,8 +28,14 @@ async def work(request: Request) -> PlainTextResponse:
     )
 
 
-routes = [Route("/work", work)]
+def slow_mask(event: Any) -> Any:
+    time.sleep(float(os.environ["DELIVERY_APP_MASK_SLEEP"]))
+    return event
+
+
+settings = {"MASK_EVENT_MODEL": slow_mask} if os.environ.get("DELIVERY_APP_MASK_SLEEP") else {}
+routes = [Route("/work", work, methods=["GET", "POST"])]
 if os.environ.get("DELIVERY_APP_LAZY") == "1":
-    app = Starlette(routes=routes, middleware=[Middleware(MoesifMiddleware)])
+    app = Starlette(routes=routes, middleware=[Middleware(MoesifMiddleware, settings=settings)])
 else:
-    app = MoesifMiddleware(Starlette(routes=routes))
+    app = MoesifMiddleware(Starlette(routes=routes), settings=settings)

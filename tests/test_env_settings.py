@@ -34,6 +34,7 @@ VALUES: dict[str, tuple[str, Any]] = {
     "BATCH_SIZE": ("25", 25),
     "EVENT_BATCH_TIMEOUT": ("0.25", 0.25),
     "EVENT_QUEUE_SIZE": ("20_000", 20_000),
+    "EVENT_QUEUE_BYTES": ("8_388_608", 8_388_608),
     "EVENT_WORKER_COUNT": ("4", 4),
     "MAX_BODY_SIZE": ("0", 0),
     "SHUTDOWN_TIMEOUT": ("2", 2.0),

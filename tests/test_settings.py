@@ -29,6 +29,7 @@ def test_missing_application_id_fails_at_startup(settings: dict[str, Any] | None
         ("BATCH_SIZE", "abc", "'BATCH_SIZE' must be an integer"),
         ("BATCH_SIZE", 0, "BATCH_SIZE must be >= 1"),
         ("EVENT_QUEUE_SIZE", -5, "EVENT_QUEUE_SIZE must be >= 1"),
+        ("EVENT_QUEUE_BYTES", 0, "EVENT_QUEUE_BYTES must be >= 1"),
         ("MAX_BODY_SIZE", -1, "MAX_BODY_SIZE must be >= 0"),
         ("EVENT_BATCH_TIMEOUT", 0, "EVENT_BATCH_TIMEOUT must be a positive"),
         ("EVENT_BATCH_TIMEOUT", "1", "'EVENT_BATCH_TIMEOUT' must be a number"),
