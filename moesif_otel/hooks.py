@@ -21,7 +21,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
+from itertools import chain
 from typing import Any
 
 import anyio
@@ -36,6 +37,8 @@ _MISSING = object()
 # A sync hook whose calls average more than this (seconds, moving average) leaves the event loop.
 INLINE_AVERAGE = 0.002
 _AVERAGE_WEIGHT = 0.2
+# A sync hook's first calls run off the loop, timed; it comes onto the loop if they were fast.
+_LEARNING_CALLS = 16
 # Sync hook calls running in threads at once, per event loop; the app's own thread pool is untouched.
 HOOK_THREADS = 8
 # Hook jobs in threads or waiting for one, per process, including calls that outlived their budget
@@ -75,7 +78,17 @@ class HookTimeout(TimeoutError):
 class Hook:
     """One user function, called failsafe; sync or ``async def``."""
 
-    __slots__ = ("_average", "_check", "_warnings", "expected", "fn", "is_async", "name", "offloop")
+    __slots__ = (
+        "_average",
+        "_check",
+        "_learning",
+        "_warnings",
+        "expected",
+        "fn",
+        "is_async",
+        "name",
+        "offloop",
+    )
 
     def __init__(self, name: str, fn: Callable[..., Any], expected: str) -> None:
         self.name = name
@@ -86,7 +99,10 @@ class Hook:
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
             getattr(fn, "__call__", None)  # noqa: B004  # an object with an async __call__
         )
-        self.offloop = False  # set for good once the hook's calls are slow (sync hooks only)
+        # A sync hook starts off the loop for its first calls, so that a hook slow from the start
+        # never blocks the loop; fast ones then run inline, until their calls turn slow for good.
+        self.offloop = not self.is_async
+        self._learning = 0 if self.is_async else _LEARNING_CALLS
         self._average = 0.0
 
     def warn_once(self, cause: str, message: str, *args: Any, exc_info: bool = False) -> None:
@@ -130,7 +146,13 @@ class Hook:
         )
 
     def _observe(self, seconds: float) -> None:
+        """A call's duration: ends the first calls' trial, or moves a hook that turned slow."""
         self._average += (seconds - self._average) * _AVERAGE_WEIGHT
+        if self._learning:
+            self._learning -= 1
+            if not self._learning and self._average <= INLINE_AVERAGE:
+                self.offloop = False
+            return
         if self._average > INLINE_AVERAGE and not self.offloop:
             self.offloop = True
             logger.info(
@@ -141,7 +163,7 @@ class Hook:
 
     async def acall(self, *args: Any, timeout: float | None = None) -> Any:
         """Call on the event loop: a sync hook inline (timed), an awaitable for at most ``timeout``
-        seconds; past it, :data:`TIMED_OUT` (and logged once)."""
+        seconds; past it, :data:`TIMED_OUT` (the caller logs it)."""
         try:
             if self.is_async:
                 value = self.fn(*args)
@@ -153,7 +175,6 @@ class Hook:
                 with anyio.move_on_after(timeout) as scope:
                     value = await Abandonable(value)
                 if scope.cancelled_caught:
-                    self.timed_out(timeout)
                     return TIMED_OUT
         except Exception as exc:
             self._failed(exc)
@@ -162,13 +183,15 @@ class Hook:
 
     def call(self, *args: Any, timeout: float | None = None) -> Any:
         """Call from a plain thread; an async hook runs on this thread's private loop, for at most
-        ``timeout`` seconds (then :data:`TIMED_OUT`, logged once)."""
+        ``timeout`` seconds (then :data:`TIMED_OUT`; the caller logs it)."""
         try:
+            start = time.perf_counter()
             value = self.fn(*args)
+            if self._learning:
+                self._observe(time.perf_counter() - start)
             if inspect.isawaitable(value):
                 value = run_awaitable(value, timeout)
         except HookTimeout:
-            self.timed_out(timeout)
             return TIMED_OUT
         except Exception as exc:
             self._failed(exc)
@@ -372,6 +395,7 @@ class HookRun:
         value = await job.acall(*self.args, timeout=remaining) if isinstance(job, Hook) else job.call()
         if value is TIMED_OUT:
             self.expired = True
+            job.timed_out(self.timeout)  # type: ignore[union-attr]
             return None
         return value
 
@@ -462,29 +486,30 @@ def run_steps_inline(steps: Step) -> Any:
 
 
 def json_size(value: Any, limit: int) -> int:
-    """About how many bytes of JSON ``value`` makes, walking no further than ``limit`` bytes:
-    a 10 MB dict costs as much as a ``limit``-sized one. Over the limit: a number > ``limit``."""
+    """About how many bytes of JSON ``value`` makes, looking at no more than ``limit`` bytes of it
+    (each item counts at least 2): a 10 MB dict costs what a ``limit``-sized one does. Over the
+    limit: some number above ``limit``. Non-ASCII text is counted as one byte per character."""
     size = 0
-    stack = [value]
+    stack: list[Iterator[Any]] = [iter((value,))]
     while stack:
-        item = stack.pop()
-        kind = type(item)
-        if kind is str:
-            size += len(item) + 2
-        elif kind is dict:
-            size += 2 + len(item)
+        for item in stack[-1]:
+            kind = type(item)
+            if kind is str:
+                size += len(item) + 3  # quotes and a separator
+            elif kind is dict:
+                size += 2
+                stack.append(chain.from_iterable(item.items()))  # key, value, key, value...
+                break
+            elif kind is list or kind is tuple:
+                size += 2
+                stack.append(iter(item))
+                break
+            else:
+                size += 8  # numbers, booleans, null; anything else fails json.dumps later
             if size > limit:
                 return size
-            for key, inner in item.items():
-                size += (len(key) + 3) if type(key) is str else 8
-                stack.append(inner)
-        elif kind is list or kind is tuple:
-            size += 2 + len(item)
-            if size > limit:
-                return size
-            stack.extend(item)
         else:
-            size += 8  # numbers, booleans, null; anything else fails json.dumps later
+            stack.pop()
         if size > limit:
             return size
     return size

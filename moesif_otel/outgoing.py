@@ -226,15 +226,15 @@ def failed(where: str) -> None:
 def run_hooks(options: OutgoingOptions, request: Any, response: Any) -> dict[str, Any]:
     """The *_OUTGOING hooks from the calling thread (sync clients); their results as attributes."""
     budget = _Budget(options.hook_timeout)
-    if options.skip is not None and call_hook(options.skip, request, response, timeout=budget.left()):
+    if options.skip is not None and budget.call(options.skip, request, response):
         return {A.MOESIF_SKIP: True}
     results: dict[str, Any] = {}
     for hook, name in options.value_hooks():
-        value = call_hook(hook, request, response, timeout=budget.left())
+        value = budget.call(hook, request, response)
         if value is not None:
             results[name] = value
     if options.get_metadata is not None:
-        value = call_hook(options.get_metadata, request, response, timeout=budget.left())
+        value = budget.call(options.get_metadata, request, response)
         _metadata(options.get_metadata, value, results)
     return results
 
@@ -258,23 +258,28 @@ async def arun_hooks(options: OutgoingOptions, request: Any, response: Any) -> d
 class _Budget:
     """HOOK_TIMEOUT shared by the hooks of one outgoing call."""
 
-    __slots__ = ("deadline", "expired")
+    __slots__ = ("deadline", "expired", "timeout")
 
     def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
         self.deadline = time.monotonic() + timeout
         self.expired = False
 
-    def left(self) -> float:
+    def _left(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
 
-    async def acall(self, hook: Hook, *args: Any) -> Any:
-        if self.expired:
-            return None
-        value = await hook.acall(*args, timeout=self.left())
+    def _value(self, hook: Hook, value: Any) -> Any:
         if value is TIMED_OUT:
             self.expired = True
+            hook.timed_out(self.timeout)
             return None
         return value
+
+    def call(self, hook: Hook, *args: Any) -> Any:
+        return None if self.expired else self._value(hook, call_hook(hook, *args, timeout=self._left()))
+
+    async def acall(self, hook: Hook, *args: Any) -> Any:
+        return None if self.expired else self._value(hook, await hook.acall(*args, timeout=self._left()))
 
 
 def _metadata(hook: Hook, value: Any, results: dict[str, Any]) -> None:
@@ -293,13 +298,8 @@ def call_hook(hook: Hook, *args: Any, timeout: float | None = None) -> Any:
     That happens when a blocking ``requests`` call sits in an ``async def`` endpoint: the loop is
     busy in the call, so the hook cannot run on it, nor on a second loop in the same thread.
     It runs on one side thread (with its own loop and the caller's context) while the caller waits.
-    An awaitable hook gets at most ``timeout`` seconds; past it, its value is ``None``.
+    An awaitable hook gets at most ``timeout`` seconds; past it, :data:`TIMED_OUT`.
     """
-    value = _call_hook(hook, args, timeout)
-    return None if value is TIMED_OUT else value
-
-
-def _call_hook(hook: Hook, args: tuple[Any, ...], timeout: float | None) -> Any:
     if not inspect.iscoroutinefunction(hook.fn):
         return hook.call(*args, timeout=timeout)
     try:
