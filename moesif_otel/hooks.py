@@ -16,6 +16,7 @@ it runs in a small dedicated thread pool from then on, all of a request's sync h
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import json
 import logging
@@ -172,9 +173,8 @@ class Hook:
                 value = self.fn(*args)
                 self._observe(time.perf_counter() - start)
             if type(value) is not str and inspect.isawaitable(value):
-                with anyio.move_on_after(timeout) as scope:
-                    value = await Abandonable(value)
-                if scope.cancelled_caught:
+                value = await _bounded(value, timeout)
+                if value is TIMED_OUT:
                     return TIMED_OUT
         except Exception as exc:
             self._failed(exc)
@@ -202,19 +202,30 @@ class Hook:
 TIMED_OUT: Any = object()
 
 
+class _Refused(Exception):
+    """A hook went on waiting after it was given the cancellation at a checkpoint."""
+
+
 class Abandonable:
     """Awaits a hook's awaitable transparently, except that a hook which swallows a cancellation
-    and waits again is closed and left behind: cancelling it then cannot hang the caller."""
+    and waits again is closed and left behind: cancelling it then cannot hang the caller.
 
-    __slots__ = ("_awaitable",)
+    asyncio throws the cancellation in (seen here); trio sends it as a value that the hook's own
+    trap unwraps (not seen here), so ``scope`` tells that it was due: the hook gets one
+    checkpoint to act on it, and is abandoned at the next one (raising :class:`_Refused`).
+    """
 
-    def __init__(self, awaitable: Any) -> None:
+    __slots__ = ("_awaitable", "_scope")
+
+    def __init__(self, awaitable: Any, scope: anyio.CancelScope) -> None:
         self._awaitable = awaitable
+        self._scope = scope
 
     def __await__(self) -> Generator[Any, Any, Any]:
         it = self._awaitable.__await__()
         cancelled = anyio.get_cancelled_exc_class()
-        step, arg, refused = it.send, None, None
+        scope = self._scope
+        step, arg, refused, checkpoints = it.send, None, None, 0
         while True:
             try:
                 yielded = step(arg)
@@ -223,12 +234,27 @@ class Abandonable:
             if refused is not None:  # it caught the cancellation and awaits again
                 _close(it)
                 raise refused
+            if scope.cancel_called:
+                checkpoints += 1
+                if checkpoints > 1:
+                    _close(it)
+                    raise _Refused
             try:
                 step, arg = it.send, (yield yielded)
             except cancelled as exc:
                 step, arg, refused = it.throw, exc, exc
             except BaseException as exc:
                 step, arg = it.throw, exc
+
+
+async def _bounded(awaitable: Any, timeout: float | None) -> Any:
+    """``awaitable``'s result, or TIMED_OUT after ``timeout`` seconds."""
+    with anyio.move_on_after(timeout) as scope:
+        try:
+            return await Abandonable(awaitable, scope)
+        except _Refused:
+            pass
+    return TIMED_OUT
 
 
 def _close(it: Any) -> None:
@@ -251,13 +277,10 @@ def run_awaitable(awaitable: Any, timeout: float | None = None) -> Any:
         loop = asyncio.new_event_loop()
         _thread_loops.loop = loop
 
-    async def bounded() -> Any:
-        with anyio.move_on_after(timeout) as scope:
-            return await Abandonable(awaitable)
-        if scope.cancelled_caught:
-            raise HookTimeout(f"did not finish within {timeout} s")
-
-    return loop.run_until_complete(bounded())
+    value = loop.run_until_complete(_bounded(awaitable, timeout))
+    if value is TIMED_OUT:
+        raise HookTimeout(f"did not finish within {timeout} s")
+    return value
 
 
 class Job:
@@ -417,8 +440,9 @@ class HookRun:
         outcome: Any = _ABANDONED
         try:
             with anyio.move_on_after(remaining):
+                context = contextvars.copy_context()  # the request's context variables, for the hooks
                 outcome = await anyio.to_thread.run_sync(
-                    self._in_thread, steps, job, slot, limiter=_hook_limiter(), **_abandon
+                    context.run, self._in_thread, steps, job, slot, limiter=_hook_limiter(), **_abandon
                 )
         finally:
             slot.give_up()
