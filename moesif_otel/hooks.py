@@ -162,6 +162,30 @@ class Hook:
                 seconds * 1000,
             )
 
+    def call_inline(self, *args: Any) -> Any:
+        """A sync hook on the loop, timed. An awaitable result comes back as :class:`Pending` for
+        the caller to await within its budget (and the hook counts as async from now on)."""
+        try:
+            start = time.perf_counter()
+            value = self.fn(*args)
+            self._observe(time.perf_counter() - start)
+        except Exception as exc:
+            self._failed(exc)
+            return None
+        if type(value) is not str and inspect.isawaitable(value):
+            self.is_async = True
+            return Pending(value)
+        return self._result(value)
+
+    async def settle(self, awaitable: Any, timeout: float | None) -> Any:
+        """The checked result of an awaitable this hook returned, or TIMED_OUT."""
+        try:
+            value = await _bounded(awaitable, timeout)
+        except Exception as exc:
+            self._failed(exc)
+            return None
+        return value if value is TIMED_OUT else self._result(value)
+
     async def acall(self, *args: Any, timeout: float | None = None) -> Any:
         """Call on the event loop: a sync hook inline (timed), an awaitable for at most ``timeout``
         seconds; past it, :data:`TIMED_OUT` (the caller logs it)."""
@@ -173,9 +197,7 @@ class Hook:
                 value = self.fn(*args)
                 self._observe(time.perf_counter() - start)
             if type(value) is not str and inspect.isawaitable(value):
-                value = await _bounded(value, timeout)
-                if value is TIMED_OUT:
-                    return TIMED_OUT
+                return await self.settle(value, timeout)
         except Exception as exc:
             self._failed(exc)
             return None
@@ -200,6 +222,15 @@ class Hook:
 
 
 TIMED_OUT: Any = object()
+
+
+class Pending:
+    """An awaitable a sync hook returned, still to be awaited."""
+
+    __slots__ = ("awaitable",)
+
+    def __init__(self, awaitable: Any) -> None:
+        self.awaitable = awaitable
 
 
 class _Refused(Exception):
@@ -395,7 +426,11 @@ class HookRun:
             while True:
                 if self.expired:
                     value = job.call() if isinstance(job, Job) else None
-                elif job.is_async or not job.offloop:
+                elif not job.offloop:  # a fast sync hook: inline, no task switch (the common case)
+                    value = job.call_inline(*self.args)  # type: ignore[union-attr]
+                    if type(value) is Pending:
+                        value = await self._on_loop(job, value.awaitable)
+                elif job.is_async:
                     value = await self._on_loop(job)
                 else:
                     outcome = await self._off_loop(steps, job)
@@ -409,13 +444,17 @@ class HookRun:
         except StopIteration as stop:
             return stop.value
 
-    async def _on_loop(self, job: Hook | Job) -> Any:
+    async def _on_loop(self, job: Hook | Job, awaitable: Any = None) -> Any:
+        """An async hook (or the awaitable a sync one returned) within what is left of the budget."""
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             self.expired = True
             return None
         self.running = job
-        value = await job.acall(*self.args, timeout=remaining) if isinstance(job, Hook) else job.call()
+        if awaitable is not None:
+            value = await job.settle(awaitable, remaining)  # type: ignore[union-attr]
+        else:
+            value = await job.acall(*self.args, timeout=remaining)  # type: ignore[union-attr]
         if value is TIMED_OUT:
             self.expired = True
             job.timed_out(self.timeout)  # type: ignore[union-attr]
