@@ -329,6 +329,8 @@ class Job:
     def call(self, *args: Any, timeout: float | None = None) -> Any:
         return self.fn()
 
+    call_inline = call
+
 
 Step = Generator["Hook | Job", Any, Any]
 
@@ -407,6 +409,10 @@ class HookRun:
     receives its value; this class decides where each runs. Once the budget is spent, hooks not
     yet answered are left out (``None``) and the generator is replayed with the values that came
     back in time, so the event is recorded at the deadline even while a sync hook still runs.
+
+    Hooks run inside the app's last ``send``, in the app's task, which the app may cancel as
+    soon as the response is complete (Starlette's StreamingResponse does once the client is
+    done): every await here is shielded from that and bounded by the budget instead.
     """
 
     __slots__ = ("args", "deadline", "expired", "running", "timeout", "values")
@@ -438,8 +444,12 @@ class HookRun:
                         return self._replay(make_steps)
                     if isinstance(outcome, _Done):
                         return outcome.value
-                    job = outcome  # an async hook: back on the loop
-                    continue
+                    if type(outcome) is tuple:  # a sync hook returned an awaitable: await it here
+                        job, pending = outcome
+                        value = await self._on_loop(job, pending.awaitable)
+                    else:
+                        job = outcome  # an async hook: back on the loop
+                        continue
                 job = steps.send(value)
         except StopIteration as stop:
             return stop.value
@@ -451,10 +461,11 @@ class HookRun:
             self.expired = True
             return None
         self.running = job
-        if awaitable is not None:
-            value = await job.settle(awaitable, remaining)  # type: ignore[union-attr]
-        else:
-            value = await job.acall(*self.args, timeout=remaining)  # type: ignore[union-attr]
+        with anyio.CancelScope(shield=True):  # see the class docstring
+            if awaitable is not None:
+                value = await job.settle(awaitable, remaining)  # type: ignore[union-attr]
+            else:
+                value = await job.acall(*self.args, timeout=remaining)  # type: ignore[union-attr]
         if value is TIMED_OUT:
             self.expired = True
             job.timed_out(self.timeout)  # type: ignore[union-attr]
@@ -478,7 +489,7 @@ class HookRun:
         self.running = None
         outcome: Any = _ABANDONED
         try:
-            with anyio.move_on_after(remaining):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(remaining):  # see the class doc
                 context = contextvars.copy_context()  # the request's context variables, for the hooks
                 outcome = await anyio.to_thread.run_sync(
                     context.run, self._in_thread, steps, job, slot, limiter=_hook_limiter(), **_abandon
@@ -500,7 +511,8 @@ class HookRun:
         return outcome
 
     def _in_thread(self, steps: Step, job: Hook | Job, slot: _Slot) -> Any:
-        """Every sync hook of the request, in order, until an async one or the end."""
+        """Every sync hook of the request, in order, until an async one (or an awaitable a sync
+        one returned, which goes back to the loop with it) or the end."""
         if not slot.start():
             return _ABANDONED
         try:
@@ -508,11 +520,9 @@ class HookRun:
                 if self.expired:
                     return _ABANDONED
                 self.running = job
-                remaining = max(0.0, self.deadline - time.monotonic())
-                value = job.call(*self.args, timeout=remaining)
-                if value is TIMED_OUT:
-                    self.expired = True
-                    return _ABANDONED
+                value = job.call_inline(*self.args)
+                if type(value) is Pending:  # awaited on the app's loop, where it was meant to run
+                    return job, value
                 self.values[job] = value
                 try:
                     job = steps.send(value)

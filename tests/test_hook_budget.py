@@ -275,3 +275,60 @@ async def test_sync_hooks_off_the_loop_on_each_backend(collector: Collector) -> 
     assert users == ["None", "u/fast", "u/fast", "u/fast", "u/fast"]
     assert {request_id for request_id, _ in seen} == {"/fast", "/slow"}
     assert all(thread != loop_thread for _, thread in seen)
+
+
+@pytest.mark.anyio
+async def test_sync_hook_returning_an_awaitable_on_each_backend(collector: Collector) -> None:
+    """A plain function returning a coroutine (a lambda around an async call) is awaited on the
+    app's loop within the budget, whether its first calls run in a thread or not."""
+
+    async def lookup(path: str) -> str:
+        await anyio.sleep(0)
+        if path == "/hang":
+            await anyio.sleep_forever()
+        return "u" + path
+
+    middleware = MoesifMiddleware(
+        plain_app, settings_for(collector, IDENTIFY_USER=lambda request, response: lookup(request.url.path))
+    )
+    with anyio.fail_after(BUDGET + 3):
+        await get(middleware, "/a")
+        await get(middleware, "/b")
+        start = time.monotonic()
+        await get(middleware, "/hang")
+        assert time.monotonic() - start < BUDGET + 0.5
+    assert middleware.flush(5)
+    assert [e.get("user_id") for e in collector.events] == ["u/a", "u/b", None]
+
+
+def test_hooks_that_wait_survive_a_streaming_response(collector: Collector) -> None:
+    """StreamingResponse cancels its task once the response is complete: the hooks, which run in
+    that task after the last chunk, must still finish (within the budget) and the event keep them."""
+    from fastapi.responses import StreamingResponse
+
+    async def identify_user(request: Any, response: Any) -> str:
+        await anyio.sleep(0.05)
+        return "streamer"
+
+    def get_session_token(request: Any, response: Any) -> str:
+        time.sleep(0.01)
+        return "token"
+
+    app = make_app(settings_for(collector, IDENTIFY_USER=identify_user, GET_SESSION_TOKEN=get_session_token))
+
+    @app.get("/stream")
+    async def stream() -> StreamingResponse:
+        async def chunks() -> Any:
+            for i in range(3):
+                yield f"chunk {i}\n".encode()
+
+        return StreamingResponse(chunks(), media_type="text/plain")
+
+    with serve(app) as base, httpx.Client(base_url=base) as client:
+        for _ in range(3):
+            assert client.get("/stream").text == "chunk 0\nchunk 1\nchunk 2\n"
+        events = collector.wait_for_events(3)
+    for event in events:
+        assert event["response"]["status"] == 200
+        assert event["user_id"] == "streamer"
+        assert event["session_token"] == "token"
