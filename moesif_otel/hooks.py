@@ -7,10 +7,10 @@ event: its field is left out and the problem is logged once per hook and cause (
 A hook that is slow or never returns must not hold the app either. The hooks of one request share
 one time budget (``HOOK_TIMEOUT``, see :class:`HookRun`); past it the event is recorded without the
 values still missing. Async hooks are awaited on the app's loop and cancelled at the deadline (one
-that swallows the cancellation is closed and abandoned). A sync hook runs inline while its calls
-stay fast: a thread hop costs the loop more than a fast hook (about 100 us per request against
-a 20 us hook call, see docs/configuration.md); once its calls average over ``INLINE_AVERAGE``,
-it runs in a small dedicated thread pool from then on, all of a request's sync hooks in one hop.
+that swallows the cancellation is closed and abandoned). A sync hook's first calls run in a small
+dedicated thread pool, timed; a fast one then runs inline, because a thread hop costs the loop far
+more than a fast hook (docs/configuration.md has the numbers), and one whose calls turn slow goes
+back to the pool for good. A request's sync hooks in the pool share one hop.
 """
 
 from __future__ import annotations
