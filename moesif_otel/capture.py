@@ -27,7 +27,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from moesif_otel import attributes as A
 from moesif_otel.appconfig import AppConfig, keep, weight_for
-from moesif_otel.hooks import Hook, metadata_json
+from moesif_otel.hooks import Hook, HookRun, Step, metadata_steps, run_steps_inline
 from moesif_otel.http_semconv import names as semconv_names
 from moesif_otel.http_semconv import route_template
 
@@ -76,6 +76,8 @@ class CaptureOptions:
     app_config: Callable[[], AppConfig] | None = None
     authorization_header_names: tuple[str, ...] = ("authorization",)
     authorization_user_id_field: str = "sub"
+    # seconds for all the hooks of one request together (HOOK_TIMEOUT)
+    hook_timeout: float = 1.0
 
     @property
     def has_hooks(self) -> bool:
@@ -337,37 +339,49 @@ class Exchange:
 
     async def identify(self, request: Any, response: Any) -> None:
         """User and company, once per request: the hooks, then the Authorization header."""
-        self.identified = True
         options = self.options
+        if options.identify_user is None and options.identify_company is None:
+            run_steps_inline(self._identify_steps())
+            return
+        run = HookRun((request, response), options.hook_timeout)
+        await run.drive(self._identify_steps)
+
+    def _identify_steps(self) -> Step:
+        """Yields each identity hook and receives its value (see HookRun)."""
+        options = self.options
+        user_id = company_id = None
         if options.identify_user is not None:
-            self.user_id = await options.identify_user.acall(request, response)
+            user_id = yield options.identify_user
         if options.identify_company is not None:
-            self.company_id = await options.identify_company.acall(request, response)
-        if (
-            self.user_id is None
-            and self.config is not None
-            and (self.config.has_rules or self.config.samples)
-        ):
+            company_id = yield options.identify_company
+        if user_id is None and self.config is not None and (self.config.has_rules or self.config.samples):
             from moesif_otel.identity import user_id_from_authorization
 
-            self.user_id = user_id_from_authorization(
+            user_id = user_id_from_authorization(
                 request_headers(self.scope),
                 options.authorization_header_names,
                 options.authorization_user_id_field,
             )
+        self.user_id, self.company_id, self.identified = user_id, company_id, True
 
     async def _complete(self, error: BaseException | None) -> dict[str, Any]:
-        """SKIP, identity, sampling, then the other hooks; the expensive parts only for kept events."""
+        """The hooks under one time budget (HOOK_TIMEOUT), on the loop or off it (see HookRun)."""
         options = self.options
-        request = response = None
-        if options.has_hooks:
-            from moesif_otel.hook_args import hook_arguments  # starlette import kept off module load
+        if not options.has_hooks:
+            return run_steps_inline(self._steps(error))
+        from moesif_otel.hook_args import hook_arguments  # starlette import kept off module load
 
-            request, response = hook_arguments(self, error)
-            if options.skip is not None and await options.skip.acall(request, response):
-                return {A.MOESIF_SKIP: True}
+        run = HookRun(hook_arguments(self, error), options.hook_timeout)
+        return await run.drive(lambda: self._steps(error))
+
+    def _steps(self, error: BaseException | None) -> Step:
+        """SKIP, identity, sampling, then the other hooks; the expensive parts only for kept events.
+        Yields each hook and receives its value: one logic wherever the hooks run."""
+        options = self.options
+        if options.skip is not None and (yield options.skip):
+            return {A.MOESIF_SKIP: True}
         if not self.identified:
-            await self.identify(request, response)
+            yield from self._identify_steps()
         results: dict[str, Any] = {}
         if self.user_id is not None:
             results[A.USER_ID] = self.user_id
@@ -384,13 +398,12 @@ class Exchange:
                     return {A.MOESIF_SKIP: True, A.MOESIF_SAMPLED_OUT: True}
                 results[A.MOESIF_WEIGHT] = weight_for(rate)
         if options.get_session_token is not None:
-            token = await options.get_session_token.acall(request, response)
+            token = yield options.get_session_token
             if token is not None:
                 results[A.MOESIF_SESSION_TOKEN] = token
         if options.get_metadata is not None:
-            metadata = metadata_json(
-                options.get_metadata, await options.get_metadata.acall(request, response)
-            )
+            value = yield options.get_metadata
+            metadata = yield from metadata_steps(options.get_metadata, value)
             if metadata is not None:
                 results[A.MOESIF_METADATA] = metadata
         if self.blocked_by is not None:

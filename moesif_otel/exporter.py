@@ -37,7 +37,7 @@ from moesif_otel.event import (
     span_attributes,
     to_event_model,
 )
-from moesif_otel.hooks import run_awaitable
+from moesif_otel.hooks import HookTimeout, run_awaitable
 from moesif_otel.logonce import LogOnce
 from moesif_otel.settings import Settings
 from moesif_otel.transport import HttpTransport
@@ -386,7 +386,16 @@ class MoesifSpanExporter(SpanExporter):
         try:
             result = self._mask(event)  # type: ignore[misc]
             if hasattr(result, "__await__"):
-                result = run_awaitable(result)
+                result = run_awaitable(result, self.settings.hook_timeout)
+        except HookTimeout:
+            self.dropped_mask += 1
+            self._warnings.warning(
+                "mask-timeout",
+                "moesif_otel: MASK_EVENT_MODEL did not return within HOOK_TIMEOUT (%s s); the event "
+                "is dropped, not sent unmasked (logged once; see stats()['dropped_mask'])",
+                self.settings.hook_timeout,
+            )
+            return None
         except Exception as exc:
             self.dropped_mask += 1
             self._warnings.warning(

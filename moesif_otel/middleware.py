@@ -51,6 +51,7 @@ def capture_options(settings: Settings, app_config: ConfigSync | None = None) ->
         app_config=(lambda: app_config.current) if app_config is not None else None,
         authorization_header_names=settings.authorization_header_names,
         authorization_user_id_field=settings.authorization_user_id_field,
+        hook_timeout=settings.hook_timeout,
     )
 
 

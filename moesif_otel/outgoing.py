@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from moesif_otel import attributes as A
 from moesif_otel.capture import flat_headers
-from moesif_otel.hooks import Hook, make_hook, metadata_json
+from moesif_otel.hooks import TIMED_OUT, Hook, capped_metadata_json, make_hook
 from moesif_otel.logonce import LogOnce
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ class OutgoingOptions:
     get_session_token: Hook | None = None
     get_metadata: Hook | None = None
     skip: Hook | None = None
+    hook_timeout: float = 1.0  # HOOK_TIMEOUT: for the async hooks of one call together
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OutgoingOptions:
@@ -67,6 +68,7 @@ class OutgoingOptions:
             ),
             get_metadata=make_hook("GET_METADATA_OUTGOING", settings.get_metadata_outgoing, "mapping"),
             skip=make_hook("SKIP_OUTGOING", settings.skip_outgoing, "flag"),
+            hook_timeout=settings.hook_timeout,
         )
 
     @property
@@ -223,34 +225,65 @@ def failed(where: str) -> None:
 
 def run_hooks(options: OutgoingOptions, request: Any, response: Any) -> dict[str, Any]:
     """The *_OUTGOING hooks from the calling thread (sync clients); their results as attributes."""
-    if options.skip is not None and call_hook(options.skip, request, response):
+    budget = _Budget(options.hook_timeout)
+    if options.skip is not None and budget.call(options.skip, request, response):
         return {A.MOESIF_SKIP: True}
     results: dict[str, Any] = {}
     for hook, name in options.value_hooks():
-        value = call_hook(hook, request, response)
+        value = budget.call(hook, request, response)
         if value is not None:
             results[name] = value
     if options.get_metadata is not None:
-        _metadata(options.get_metadata, call_hook(options.get_metadata, request, response), results)
+        value = budget.call(options.get_metadata, request, response)
+        _metadata(options.get_metadata, value, results)
     return results
 
 
 async def arun_hooks(options: OutgoingOptions, request: Any, response: Any) -> dict[str, Any]:
-    """The same on the event loop (httpx.AsyncClient): async hooks are awaited there."""
-    if options.skip is not None and await options.skip.acall(request, response):
+    """The same on the event loop (httpx.AsyncClient): async hooks are awaited there, all of them
+    within HOOK_TIMEOUT; past it, the values still missing are left out."""
+    budget = _Budget(options.hook_timeout)
+    if options.skip is not None and await budget.acall(options.skip, request, response):
         return {A.MOESIF_SKIP: True}
     results: dict[str, Any] = {}
     for hook, name in options.value_hooks():
-        value = await hook.acall(request, response)
+        value = await budget.acall(hook, request, response)
         if value is not None:
             results[name] = value
     if options.get_metadata is not None:
-        _metadata(options.get_metadata, await options.get_metadata.acall(request, response), results)
+        _metadata(options.get_metadata, await budget.acall(options.get_metadata, request, response), results)
     return results
 
 
+class _Budget:
+    """HOOK_TIMEOUT shared by the hooks of one outgoing call."""
+
+    __slots__ = ("deadline", "expired", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.expired = False
+
+    def _left(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    def _value(self, hook: Hook, value: Any) -> Any:
+        if value is TIMED_OUT:
+            self.expired = True
+            hook.timed_out(self.timeout)
+            return None
+        return value
+
+    def call(self, hook: Hook, *args: Any) -> Any:
+        return None if self.expired else self._value(hook, call_hook(hook, *args, timeout=self._left()))
+
+    async def acall(self, hook: Hook, *args: Any) -> Any:
+        return None if self.expired else self._value(hook, await hook.acall(*args, timeout=self._left()))
+
+
 def _metadata(hook: Hook, value: Any, results: dict[str, Any]) -> None:
-    metadata = metadata_json(hook, value)
+    metadata = capped_metadata_json(hook, value) if value is not None else None
     if metadata is not None:
         results[A.MOESIF_METADATA] = metadata
 
@@ -259,23 +292,24 @@ _side_lock = threading.Lock()
 _side: ThreadPoolExecutor | None = None
 
 
-def call_hook(hook: Hook, *args: Any) -> Any:
+def call_hook(hook: Hook, *args: Any, timeout: float | None = None) -> Any:
     """``Hook.call``, except for an ``async def`` hook on a thread that runs an event loop.
 
     That happens when a blocking ``requests`` call sits in an ``async def`` endpoint: the loop is
     busy in the call, so the hook cannot run on it, nor on a second loop in the same thread.
     It runs on one side thread (with its own loop and the caller's context) while the caller waits.
+    An awaitable hook gets at most ``timeout`` seconds; past it, :data:`TIMED_OUT`.
     """
     if not inspect.iscoroutinefunction(hook.fn):
-        return hook.call(*args)
+        return hook.call(*args, timeout=timeout)
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return hook.call(*args)
+        return hook.call(*args, timeout=timeout)
     global _side
     with _side_lock:
         if _side is None:
             _side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moesif-otel-hooks")
         side = _side
     context = contextvars.copy_context()
-    return side.submit(context.run, hook.call, *args).result()
+    return side.submit(context.run, lambda: hook.call(*args, timeout=timeout)).result()

@@ -80,6 +80,12 @@ class Settings:
         "GET_METADATA", None, "hook", "(request, response) -> dict of metadata."
     )
     skip: Callable[..., Any] | None = _setting("SKIP", None, "hook", "(request, response) -> True to skip.")
+    hook_timeout: float = _setting(
+        "HOOK_TIMEOUT",
+        1.0,
+        "float",
+        "Time budget (s) for all the hooks of one request; past it, missing values are left out.",
+    )
     mask_event_model: Callable[..., Any] | None = _setting(
         "MASK_EVENT_MODEL", None, "hook", "(EventModel) -> EventModel, to remove sensitive data."
     )
@@ -168,6 +174,7 @@ class Settings:
         for key, value in (
             ("EVENT_BATCH_TIMEOUT", self.event_batch_timeout),
             ("SHUTDOWN_TIMEOUT", self.shutdown_timeout),
+            ("HOOK_TIMEOUT", self.hook_timeout),
         ):
             if value <= 0:
                 raise ConfigurationError(

@@ -38,6 +38,7 @@ VALUES: dict[str, tuple[str, Any]] = {
     "EVENT_WORKER_COUNT": ("4", 4),
     "MAX_BODY_SIZE": ("0", 0),
     "SHUTDOWN_TIMEOUT": ("2", 2.0),
+    "HOOK_TIMEOUT": ("0.5", 0.5),
     "DISABLED_TRANSACTION_ID": ("1", True),
     "AUTHORIZATION_HEADER_NAME": ("x-api-key, authorization", "x-api-key, authorization"),
     "AUTHORIZATION_USER_ID_FIELD": ("email", "email"),

@@ -33,6 +33,8 @@ def test_missing_application_id_fails_at_startup(settings: dict[str, Any] | None
         ("MAX_BODY_SIZE", -1, "MAX_BODY_SIZE must be >= 0"),
         ("EVENT_BATCH_TIMEOUT", 0, "EVENT_BATCH_TIMEOUT must be a positive"),
         ("EVENT_BATCH_TIMEOUT", "1", "'EVENT_BATCH_TIMEOUT' must be a number"),
+        ("HOOK_TIMEOUT", 0, "HOOK_TIMEOUT must be a positive"),
+        ("HOOK_TIMEOUT", "fast", "'HOOK_TIMEOUT' must be a number"),
         ("LOG_BODY", "yes", "'LOG_BODY' must be True or False"),
         ("IDENTIFY_USER", "user-id", "'IDENTIFY_USER' must be a function"),
         ("MASK_EVENT_MODEL", 42, "'MASK_EVENT_MODEL' must be a function"),
