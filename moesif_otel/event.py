@@ -268,7 +268,8 @@ def event_document(span: ReadableSpan, options: EventOptions) -> dict[str, Any]:
         notes["error"] = str(attrs[A.MOESIF_ERROR])
     if notes:
         metadata = dict(metadata) if isinstance(metadata, dict) else ({"value": metadata} if metadata else {})
-        metadata["moesif_otel"] = notes
+        earlier = metadata.get("moesif_otel")  # capture's own note (GET_METADATA over its cap) stays
+        metadata["moesif_otel"] = {**earlier, **notes} if isinstance(earlier, dict) else notes
     if metadata is not None:
         event["metadata"] = metadata
 

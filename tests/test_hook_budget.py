@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import json
 import logging
 import statistics
 import threading
@@ -332,3 +333,34 @@ def test_hooks_that_wait_survive_a_streaming_response(collector: Collector) -> N
         assert event["response"]["status"] == 200
         assert event["user_id"] == "streamer"
         assert event["session_token"] == "token"
+
+
+def test_metadata_cap_note_is_kept_beside_the_error_note() -> None:
+    """event.py adds its own notes under metadata["moesif_otel"]: it must not erase capture's."""
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.trace import SpanContext, SpanKind
+
+    from moesif_otel import attributes as A
+    from moesif_otel.event import EventOptions, event_document
+    from moesif_otel.hooks import Hook, capped_metadata_json
+
+    hook = Hook("GET_METADATA", lambda request, response: None, "mapping")
+    note = json.loads(capped_metadata_json(hook, {"k": "v" * 100}, limit=10) or "")
+    assert note == {"moesif_otel": {"metadata": "omitted: GET_METADATA returned over 10 bytes"}}
+    span = ReadableSpan(
+        name="GET /boom",
+        context=SpanContext(trace_id=1, span_id=2, is_remote=False),
+        kind=SpanKind.SERVER,
+        attributes={
+            A.MOESIF_CAPTURED: True,
+            A.HTTP_REQUEST_METHOD: "GET",
+            A.MOESIF_REQUEST_URI: "http://testserver/boom",
+            A.HTTP_RESPONSE_STATUS_CODE: 500,
+            A.MOESIF_METADATA: json.dumps(note),
+            A.MOESIF_ERROR: "RuntimeError",
+        },
+        start_time=1_000_000_000,
+        end_time=2_000_000_000,
+    )
+    event = event_document(span, EventOptions())
+    assert event["metadata"] == {"moesif_otel": {**note["moesif_otel"], "error": "RuntimeError"}}
