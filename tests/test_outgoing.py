@@ -389,7 +389,8 @@ def test_batched_not_one_upload_per_call(collector: Collector, upstream: str) ->
             threads = threading.active_count()
             for i in range(5, 40):
                 assert session.get(f"{upstream}/json?q={i}", timeout=5).status_code == 200
-            assert threading.active_count() == threads  # no thread per call
+            # no thread per call (idle workers left by earlier tests may exit meanwhile: not ==)
+            assert threading.active_count() <= threads
         assert collector.event_count == 0
         events = capture.events(collector, 40)
     assert len(events) == 40
