@@ -494,18 +494,30 @@ def body_value(captured: bytearray) -> str | bytes:
         return bytes(captured)
 
 
-def flush_before_shutdown_complete(send: Send, flush: Callable[[], object]) -> Send:
-    """Wrap a lifespan ``send``: run ``flush`` (bounded, off the loop) before the server is told
-    the app has shut down — the server exits right after that message."""
+def flush_before_shutdown_complete(
+    receive: Receive, send: Send, flush: Callable[[], object], on_shutdown: Callable[[], object] | None = None
+) -> tuple[Receive, Send]:
+    """Wrap a lifespan's ``receive`` and ``send``: run ``flush`` (bounded, off the loop) before the
+    server is told the app has shut down, since the server exits right after that message.
+
+    ``on_shutdown`` runs as the server's ``lifespan.shutdown`` arrives, before the app's own shutdown
+    handlers: the first moment the process is known to be ending, where the shutdown clock starts
+    (the server's stop, the app's handlers and the flush all fit within SHUTDOWN_TIMEOUT then).
+    """
+    from anyio import to_thread  # asyncio or trio; imported now, not under load at shutdown
+
+    async def lifespan_receive() -> Message:
+        message = await receive()
+        if on_shutdown is not None and message["type"] == "lifespan.shutdown":
+            on_shutdown()
+        return message
 
     async def lifespan_send(message: Message) -> None:
         if message["type"] == "lifespan.shutdown.complete":
-            from anyio import to_thread  # asyncio or trio, whichever the server runs
-
             await to_thread.run_sync(flush)
         await send(message)
 
-    return lifespan_send
+    return lifespan_receive, lifespan_send
 
 
 def _bodyless(scope: Scope) -> bool:

@@ -129,7 +129,7 @@ class _AutoCapture(HttpCapture):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self.app(scope, receive, flush_before_shutdown_complete(send, _flush_moesif))
+            await self.app(scope, *flush_before_shutdown_complete(receive, send, _flush_moesif))
         else:
             await super().__call__(scope, receive, send)
 

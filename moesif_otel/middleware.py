@@ -110,9 +110,10 @@ class MoesifMiddleware:
                 await self._traced(scope, receive, send)
         elif kind == "lifespan":
             self.pipeline.started()
-            await self.app(
-                scope, receive, flush_before_shutdown_complete(send, self.pipeline.flush_at_shutdown)
+            receive, send = flush_before_shutdown_complete(
+                receive, send, self.pipeline.flush_at_shutdown, self.pipeline.clock.start
             )
+            await self.app(scope, receive, send)
         else:  # websocket and anything newer: untouched
             await self.app(scope, receive, send)
 

@@ -147,3 +147,41 @@ async def test_lifespan_shutdown_completes_after_the_flush(
 
     await middleware({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
     assert sent == [("lifespan.startup.complete", 0), ("lifespan.shutdown.complete", 1)]
+
+
+async def test_the_shutdown_clock_starts_when_the_server_asks_the_app_to_shut_down(
+    collector: Collector, made: list[MoesifMiddleware]
+) -> None:
+    """The app's own shutdown handlers and the flush share SHUTDOWN_TIMEOUT: an orchestrator's grace
+    period sized to it must cover both (the flush used to get a full SHUTDOWN_TIMEOUT of its own)."""
+    import contextlib
+    import time
+
+    from starlette.applications import Starlette
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        yield
+        await anyio.sleep(0.6)  # closing the app's own resources
+
+    middleware = MoesifMiddleware(Starlette(lifespan=lifespan), settings_for(collector, SHUTDOWN_TIMEOUT=1.0))
+    made.append(middleware)
+    collector.hang()  # nothing is ever delivered: the flush waits for its whole budget
+    middleware.pipeline.exporter.delivery.submit("/v1/events/batch", b"[]", count=1)
+    incoming = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    times: dict[str, float] = {}
+
+    async def receive() -> dict[str, Any]:
+        message = next(incoming)
+        times[message["type"]] = time.monotonic()
+        return message
+
+    async def send(message: dict[str, Any]) -> None:
+        times[message["type"]] = time.monotonic()
+
+    try:
+        await middleware({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+    finally:
+        collector.hang(False)
+    took = times["lifespan.shutdown.complete"] - times["lifespan.shutdown"]
+    assert 0.9 <= took <= 1.0 + 0.25, took
