@@ -110,7 +110,7 @@ class MoesifSpanProcessor(SpanProcessor):
             # the threads that end spans (the event loop's, for server spans), _released by the
             # worker only; the delivery's share (budget.used) is read as it stands.
             weight = span_weight(span)
-            if self._added - self._released + budget.used + weight > budget.limit:
+            if self._added - self._released + budget.used + weight > budget.capacity:
                 self._drop(f"EVENT_QUEUE_BYTES={budget.limit} bytes, queued events and pending uploads")
                 return
             self._added += weight
