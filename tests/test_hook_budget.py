@@ -134,7 +134,7 @@ def test_slow_sync_hook_runs_off_the_loop(collector: Collector, caplog: pytest.L
     with serve(app) as base:
         latencies = asyncio.run(concurrent_gets(base, [f"/items/{i}" for i in range(8)]))
         # inline, the eight sleeps would queue behind each other on the loop: p50 about 1 s
-        assert statistics.median(latencies) < 0.12
+        assert statistics.median(latencies) < 0.4
         within = collector.wait_for_events(8, timeout=5)
         assert sorted(e["user_id"] for e in within) == sorted(f"user-{i}" for i in range(8))
         start = time.monotonic()
@@ -157,8 +157,8 @@ def test_huge_metadata_is_left_out_with_a_note(
     with serve(app) as base:
         asyncio.run(concurrent_gets(base, ["/items/0"]))
         latencies = asyncio.run(concurrent_gets(base, [f"/items/{i}" for i in range(10)]))
-        # serialising 10 MB on the loop per request put p50 near a second
-        assert statistics.median(latencies) < 0.25
+        # serialising 10 MB on the loop per request put p50 near a second (3.4 s with 10 at once)
+        assert statistics.median(latencies) < 0.5
         events = collector.wait_for_events(11, timeout=5)
     for event in events:
         assert event["metadata"] == {
