@@ -127,14 +127,14 @@ def test_slow_sync_hook_runs_off_the_loop(collector: Collector, caplog: pytest.L
     def identify_user(request: Request, response: Any) -> str:
         threads.add(threading.current_thread().name)
         item = int(request.path_params["item_id"])
-        time.sleep(0.25 if item < 100 else 3)  # < 100 within the budget, else far past it
+        time.sleep(0.5 if item < 100 else 3)  # < 100 within the budget, else far past it
         return f"user-{item}"
 
     app = make_app(settings_for(collector, IDENTIFY_USER=identify_user, HOOK_TIMEOUT=1.0))
     with serve(app) as base:
         latencies = asyncio.run(concurrent_gets(base, [f"/items/{i}" for i in range(8)]))
-        # inline, the eight sleeps would queue behind each other on the loop: p50 about 1 s
-        assert statistics.median(latencies) < 0.4
+        # inline, the eight sleeps would queue behind each other on the loop: p50 about 2 s
+        assert statistics.median(latencies) < 0.8
         within = collector.wait_for_events(8, timeout=5)
         assert sorted(e["user_id"] for e in within) == sorted(f"user-{i}" for i in range(8))
         start = time.monotonic()
@@ -157,8 +157,8 @@ def test_huge_metadata_is_left_out_with_a_note(
     with serve(app) as base:
         asyncio.run(concurrent_gets(base, ["/items/0"]))
         latencies = asyncio.run(concurrent_gets(base, [f"/items/{i}" for i in range(10)]))
-        # serialising 10 MB on the loop per request put p50 near a second (3.4 s with 10 at once)
-        assert statistics.median(latencies) < 0.5
+        # serialising 10 MB on the loop per request: p50 3.4 s with 10 at once
+        assert statistics.median(latencies) < 1.5
         events = collector.wait_for_events(11, timeout=5)
     for event in events:
         assert event["metadata"] == {
