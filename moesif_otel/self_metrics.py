@@ -17,6 +17,7 @@ of one collection satisfy ``captured == sum(events) + queue.size`` like the dict
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable
@@ -174,6 +175,22 @@ class _Registry:
 
 _registries: weakref.WeakKeyDictionary[Any, _Registry] = weakref.WeakKeyDictionary()
 _registries_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """Fresh locks (a collection may have held one when the parent forked) and no parent snapshot:
+    the child's stats() describe its own events."""
+    global _registries_lock
+    _registries_lock = threading.Lock()
+    for registry in list(_registries.values()):
+        registry.lock = threading.Lock()
+        for source in registry.sources:
+            source._lock = threading.Lock()
+            source._snapshot = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def register(source: Any, meter_provider: metrics.MeterProvider | None = None) -> dict[str, int] | None:

@@ -5,7 +5,9 @@ local collector, faults included."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -281,3 +283,26 @@ def test_under_opentelemetry_instrument_on_the_global_meter_provider(collector: 
         assert {p["attributes"]["moesif_otel.pipeline"] for p in blocks[-1]} == {0}
         captured = console_points(server.drain(), "moesif_otel.captured")
         assert captured and captured[-1][0]["value"] >= 3
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() only")
+def test_a_child_forked_during_a_collection_collects_its_own_counts(
+    collector: Collector, meter: Metrics
+) -> None:
+    settings = Settings.from_mapping({"APPLICATION_ID": "a", "BASE_URI": collector.url})
+    pipeline = Pipeline.build(settings, TracerProvider(), meter.provider)
+    try:
+        registry = self_metrics._registries[meter.provider]
+        source = registry.sources[0]
+        with source._lock, registry.lock:  # the parent forks in the middle of a collection
+            pid = os.fork()
+            if pid == 0:  # the child: collect within a deadline, report by exit status
+                signal.alarm(5)
+                try:
+                    ok = meter.collect() == expected(pipeline.stats())
+                finally:
+                    os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        pipeline.shutdown()
