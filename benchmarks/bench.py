@@ -693,10 +693,17 @@ def capture_real_spans(count: int, collector_url: str) -> list[Any]:
 
 def build_pipeline(collector_url: str, queue_size: int) -> tuple[Any, Any]:
     """(processor, exporter) configured from the app's settings dict, as the drop-in middleware does.
-    EVENT_QUEUE_SIZE is raised to hold the whole burst, so the number is delivery speed, not the bound."""
+    EVENT_QUEUE_SIZE and EVENT_QUEUE_BYTES (64 MiB held ~18,000 of these spans) are raised to hold the
+    whole burst, so the number is delivery speed, not the bounds."""
     from moesif_otel import MoesifSpanExporter, MoesifSpanProcessor, Settings
 
-    settings = Settings.from_mapping({**moesif_settings(collector_url), "EVENT_QUEUE_SIZE": queue_size})
+    settings = Settings.from_mapping(
+        {
+            **moesif_settings(collector_url),
+            "EVENT_QUEUE_SIZE": queue_size,
+            "EVENT_QUEUE_BYTES": queue_size * 64 * 1024,  # a bound, not an allocation
+        }
+    )
     exporter = MoesifSpanExporter(settings)
     return MoesifSpanProcessor.for_exporter(exporter), exporter
 
