@@ -25,6 +25,9 @@ sends every call an app with no Moesif code serves to Moesif, bodies included. D
   whenever ``opentelemetry-distro`` (or another vendor's distro) is installed too.
 * **SDK setup** is left to the installed configurator (``opentelemetry-distro`` ships the SDK's
   own); when none would run, this distro runs the SDK's configurator itself.
+* **Self-telemetry**: once the SDK is set up (the first instrumentor loaded, after the
+  configurators ran), the Moesif exporters of the global TracerProvider report their ``stats()``
+  as ``moesif_otel.*`` metrics on the global SDK MeterProvider (see :mod:`moesif_otel.self_metrics`).
 * **The exporter's uploads** use ``http.client`` under ``suppress_instrumentation()``, so no
   instrumentation turns them into spans, whichever distro and instrumentations are installed.
 """
@@ -160,6 +163,7 @@ class MoesifDistro(BaseDistro):
 
     def __init__(self) -> None:
         self._instrumented: set[str] = set()
+        self._self_metrics = False
 
     def _configure(self, **kwargs: Any) -> None:
         os.environ.setdefault(OTEL_TRACES_EXPORTER, EXPORTER_NAME)
@@ -176,6 +180,20 @@ class MoesifDistro(BaseDistro):
             from opentelemetry.sdk._configuration import _OTelSDKConfigurator
 
             _OTelSDKConfigurator().configure(auto_instrumentation_version=__version__)
+            self._register_self_metrics()
+
+    def _register_self_metrics(self) -> None:
+        """The Moesif exporters the SDK configurator created report their stats() as metrics."""
+        if self._self_metrics:
+            return
+        self._self_metrics = True
+        from opentelemetry import trace
+
+        from moesif_otel.providers import moesif_processors
+        from moesif_otel.self_metrics import register
+
+        for _, exporter in moesif_processors(trace.get_tracer_provider()):
+            register(exporter)
 
     def _prepare_capture(self) -> None:
         # Every plain value first: no user module is imported yet, nothing instrumented.
@@ -192,6 +210,7 @@ class MoesifDistro(BaseDistro):
             _state.outgoing = OutgoingOptions.from_settings(settings)
 
     def load_instrumentor(self, entry_point: EntryPoint, **kwargs: Any) -> None:
+        self._register_self_metrics()  # the configurators have run by now
         name = entry_point.name
         if name in WEB_FRAMEWORKS and exports_to_moesif():
             if name not in self._instrumented:

@@ -82,7 +82,7 @@ class MoesifMiddleware:
         # OTel's: no span, no event, no work for these URLs (read once, as the instrumentations do)
         self._excluded = excluded_urls()
         self.settings = Settings.from_mapping(settings)
-        self.pipeline = Pipeline.build(self.settings, tracer_provider)
+        self.pipeline = Pipeline.build(self.settings, tracer_provider, meter_provider)
         if self.settings.capture_outgoing_requests:
             from moesif_otel.outgoing import enable_outgoing_capture
 

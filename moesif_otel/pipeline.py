@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from opentelemetry import trace
+from opentelemetry.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
@@ -24,6 +25,7 @@ from moesif_otel.delivery import ShutdownClock
 from moesif_otel.exporter import MoesifSpanExporter
 from moesif_otel.processor import MoesifSpanProcessor, merge_stats
 from moesif_otel.providers import flush_moesif, moesif_processors
+from moesif_otel.self_metrics import register as register_self_metrics
 from moesif_otel.settings import Settings
 
 logger = logging.getLogger("moesif_otel")
@@ -39,7 +41,13 @@ class Pipeline:
     owns_processor: bool = True
 
     @classmethod
-    def build(cls, settings: Settings, tracer_provider: TracerProvider | None = None) -> Pipeline:
+    def build(
+        cls,
+        settings: Settings,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> Pipeline:
+        """``meter_provider`` (else a global SDK one) gets the stats() as ``moesif_otel.*`` metrics."""
         owns = False
         if tracer_provider is None:
             current = trace.get_tracer_provider()
@@ -66,6 +74,7 @@ class Pipeline:
         atexit.register(lambda: (p := ref()) is not None and p.shutdown())
         _live[:] = [*(r for r in _live if r() is not None), ref]
         _hook_sigterm()
+        register_self_metrics(pipeline, meter_provider)  # nothing without a real meter provider
         if settings.debug:
             logger.setLevel(logging.DEBUG)
         logger.debug(

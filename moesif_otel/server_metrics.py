@@ -105,7 +105,11 @@ class ServerMetrics:
         provider = real_meter_provider(meter_provider)
         if provider is None:
             return None
-        return cls(provider.get_meter("moesif_otel", __version__, schema_url=schema_url(mode)), mode)
+        try:
+            return cls(provider.get_meter("moesif_otel", __version__, schema_url=schema_url(mode)), mode)
+        except Exception as exc:  # a provider that cannot make instruments must not stop the app
+            _failed(exc)
+            return None
 
     def start(self, scope: Scope, attributes: dict[str, Any], send: Send) -> Measured:
         """Count the request as active; ``attributes`` are the span's request attributes."""

@@ -60,6 +60,8 @@ class Telemetry:
         for resource_metrics in data.resource_metrics if data else ():
             for scope_metrics in resource_metrics.scope_metrics:
                 for metric in scope_metrics.metrics:
+                    if metric.name.startswith("moesif_otel."):
+                        continue  # the pipeline's own counters (test_self_metrics.py), not OTel's
                     points = [dict(p.attributes or {}) for p in metric.data.data_points]
                     result[metric.name] = (metric.unit, points)
         return result
