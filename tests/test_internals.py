@@ -7,6 +7,7 @@ oldest (tests/oldest-constraints.txt). A failure here names the library change t
 from __future__ import annotations
 
 import asyncio
+import gzip
 import os
 import subprocess
 import sys
@@ -78,6 +79,18 @@ def test_span_attribute_dict_is_the_finished_spans_attributes(
     assert type(inner) is dict
     assert inner == dict(finished.attributes or {}) == {"http.request.method": "GET", "n": 1, "later": "yes"}
     assert span_attributes(finished) is inner  # event.py takes the fast path, no copy
+
+
+def test_sdk_keeps_binary_attribute_values(spans: tuple[TracerProvider, InMemorySpanExporter]) -> None:
+    """Public, but the reason for the opentelemetry floor (1.45): older SDKs drop bytes that are not
+    UTF-8 (gzip, images), and with them every such body capture records."""
+    provider, exporter = spans
+    body = gzip.compress(b'{"a": 1}')
+    span = provider.get_tracer("t").start_span("s")
+    span.set_attribute("http.response.body.content", body)
+    span.end()
+    [finished] = exporter.get_finished_spans()
+    assert span_attributes(finished)["http.response.body.content"] == body
 
 
 def test_span_processors_are_the_providers_processors_in_order() -> None:
