@@ -1,4 +1,6 @@
-"""Moesif app config end to end (issue 7): served by the local collector, applied by a real app."""
+"""config_sync.py and what it feeds, end to end: the app config served by the local collector, fetched,
+refreshed and applied by a real app (sampling, governance). The decisions themselves, as pure logic,
+are tested in test_appconfig.py."""
 
 from __future__ import annotations
 
