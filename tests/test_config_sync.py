@@ -13,7 +13,7 @@ import httpx
 import pytest
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-from moesif_otel import MoesifMiddleware
+from moesif_otel import MoesifMiddleware, appconfig
 from moesif_otel.appconfig import keep
 from moesif_otel.collector import Collector
 from moesif_otel.config_sync import ConfigSync
@@ -21,6 +21,13 @@ from moesif_otel.transport import HttpTransport
 
 from .apps import make_app
 from .servers import find_middleware, serve
+
+
+@pytest.fixture(autouse=True)
+def _fresh_problem_log() -> None:
+    """appconfig logs each problem once per process: a test that expects the warning must not
+    depend on whether test_appconfig.py ran first."""
+    appconfig._logged_problems.clear()
 
 
 def settings_for(collector: Collector, **extra: Any) -> dict[str, Any]:
