@@ -57,7 +57,6 @@ from opentelemetry.sdk.environment_variables import (
     OTEL_BSP_MAX_QUEUE_SIZE,
     OTEL_BSP_SCHEDULE_DELAY,
 )
-from opentelemetry.util._importlib_metadata import EntryPoint, entry_points
 
 from moesif_otel.capture import (
     ASGIApp,
@@ -68,6 +67,7 @@ from moesif_otel.capture import (
     Send,
     flush_before_shutdown_complete,
 )
+from moesif_otel.internals import EntryPoint, configure_sdk, entry_points
 from moesif_otel.outgoing import OutgoingOptions
 from moesif_otel.settings import ENV_PREFIX, Settings, settings_reference
 
@@ -177,9 +177,8 @@ class MoesifDistro(BaseDistro):
             )
         if not _configurator_will_run():  # the SDK is set up either way (e.g. the console exporter)
             from opentelemetry.instrumentation.version import __version__
-            from opentelemetry.sdk._configuration import _OTelSDKConfigurator
 
-            _OTelSDKConfigurator().configure(auto_instrumentation_version=__version__)
+            configure_sdk(__version__)
             self._register_self_metrics()
 
     def _register_self_metrics(self) -> None:

@@ -24,6 +24,7 @@ from opentelemetry.trace import SpanKind
 from moesif_otel import attributes as A
 from moesif_otel.body import EncodedBody, encode_body, remove_keys
 from moesif_otel.identity import client_ip, user_id_from_authorization
+from moesif_otel.internals import span_attribute_dict
 
 _METHOD_KEYS = (A.HTTP_REQUEST_METHOD, A.OLD_HTTP_METHOD)
 _STATUS_KEYS = (A.HTTP_RESPONSE_STATUS_CODE, A.OLD_HTTP_STATUS_CODE)
@@ -53,7 +54,7 @@ def span_attributes(span: ReadableSpan) -> Mapping[str, Any]:
     A finished span's attributes no longer change, so that dict is read directly; any other layout
     gets a copy.
     """
-    inner = getattr(getattr(span, "_attributes", None), "_dict", None)
+    inner = span_attribute_dict(span)
     if type(inner) is dict:
         return inner
     return dict(span.attributes or {})

@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from opentelemetry.instrumentation._semconv import (
-    _get_schema_url,
-    _OpenTelemetrySemanticConventionStability,
-    _OpenTelemetryStabilitySignalType,
-    _report_new,
-    _report_old,
-    _StabilityMode,
+from moesif_otel.internals import (
+    StabilityMode,
+    fastapi_route_template,
+    http_stability_mode,
+    report_new,
+    report_old,
+    schema_url,
 )
 
 __all__ = [
@@ -31,12 +31,6 @@ __all__ = [
     "route_template",
     "schema_url",
 ]
-
-StabilityMode = _StabilityMode
-report_new = _report_new
-report_old = _report_old
-schema_url = _get_schema_url
-_HTTP = _OpenTelemetryStabilitySignalType.HTTP
 
 
 class Names:
@@ -55,8 +49,7 @@ names = Names()
 def init_mode() -> StabilityMode:
     """Read the opt-in (once per process, as OTel's instrumentations do), update :data:`names`
     and return the HTTP mode."""
-    _OpenTelemetrySemanticConventionStability._initialize()
-    mode = _OpenTelemetrySemanticConventionStability._get_opentelemetry_stability_opt_in_mode(_HTTP)
+    mode = http_stability_mode()
     names.old = report_old(mode)
     names.new = report_new(mode)
     return mode
@@ -73,12 +66,7 @@ def route_template(scope: Mapping[str, Any]) -> str | None:
     route = scope.get("route")
     if route is None:
         return None
-    template = None
-    fastapi_scope = scope.get("fastapi")
-    if type(fastapi_scope) is dict:
-        effective = fastapi_scope.get("effective_route_context")
-        if effective is not None and getattr(effective, "original_route", None) is route:
-            template = getattr(effective, "path_format", None)
+    template = fastapi_route_template(scope, route)
     if not isinstance(template, str):
         template = getattr(route, "path_format", None) or getattr(route, "path", None)
         if not isinstance(template, str):

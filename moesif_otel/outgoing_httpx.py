@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from moesif_otel import attributes as A
+from moesif_otel.internals import httpx_transport_stream, replace_span_end, set_httpx_transport_stream
 from moesif_otel.outgoing import (
     OutgoingOptions,
     arun_hooks,
@@ -92,15 +93,16 @@ def start_recording(
             return
         pending = PendingResponse(span, request, response, options)
         stream = response.stream
-        inner = getattr(stream, "_httpcore_stream", None)
+        inner = httpx_transport_stream(stream)
         if inner is None:  # not httpx's own transport stream: record what is known now
             pending.attrs[A.MOESIF_RESPONSE_BODY_OMITTED] = NO_TEE_NOTE
             pending.complete = True
             pending.finish()
             return
-        stream._httpcore_stream = AsyncTee(inner, pending) if asynchronous else SyncTee(inner, pending)
+        tee = AsyncTee(inner, pending) if asynchronous else SyncTee(inner, pending)
+        set_httpx_transport_stream(stream, tee)
         pending.finalizer = weakref.finalize(stream, pending.finish, abandoned=True)
-        span.end = pending.instrumentation_end  # the real end comes with the body
+        replace_span_end(span, pending.instrumentation_end)  # the real end comes with the body
     except Exception:
         failed("httpx response hook")
 

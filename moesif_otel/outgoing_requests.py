@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from moesif_otel import attributes as A
+from moesif_otel.internals import requests_read_content
 from moesif_otel.outgoing import (
     OutgoingOptions,
     body_attributes,
@@ -78,7 +79,7 @@ def record_response(span: Any, request: Any, response: Any, options: OutgoingOpt
             body_attributes(attrs, body, request=True, options=options)
         elif options.log_body:
             attrs[A.MOESIF_REQUEST_BODY_OMITTED] = UPLOAD_NOTE
-        content = response.__dict__.get("_content", False)
+        content = requests_read_content(response)
         if isinstance(content, bytes):  # read by requests (or the app) already
             body_attributes(attrs, content, request=False, options=options)
         elif options.log_body:

@@ -6,9 +6,11 @@ only validates and serialises the profile, so bad input fails at the call with t
 hands the JSON to the same bounded :class:`~moesif_otel.delivery.Delivery` as events: retried, timed
 out, flushed at shutdown. The ``*_async`` forms resolve when the collector has accepted the update.
 
-``app.add_middleware`` gives no handle to the middleware, so the same operations exist as module
-functions (``moesif_otel.update_user(...)``) on a default client: the one given to :func:`configure`,
-else the most recent :class:`~moesif_otel.MoesifMiddleware`'s, else one built from ``MOESIF_*``.
+``app.add_middleware`` gives no handle to the middleware, so the same operations exist as this
+module's functions (``moesif_otel.profiles.update_user(...)``; the package root re-exports them for
+moesifasgi-style ``from moesif_otel import update_user``) on a default client: the one given to
+:func:`configure`, else the most recent :class:`~moesif_otel.MoesifMiddleware`'s, else one built
+from ``MOESIF_*``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Which span processors of a TracerProvider already deliver to Moesif.
 
-The SDK keeps a provider's processors private; this is the one place that looks at them, so
-that a second Moesif exporter is never added to a provider that has one (duplicate events) and
-so that a shutdown can flush the exporters the SDK configurator created.
+The SDK keeps a provider's processors private; this is the one place that looks at them
+(through :func:`moesif_otel.internals.span_processors`), so that a second Moesif exporter is
+never added to a provider that has one (duplicate events) and so that a shutdown can flush the
+exporters the SDK configurator created.
 """
 
 from __future__ import annotations
@@ -13,12 +14,7 @@ from typing import Any
 from opentelemetry import trace
 
 from moesif_otel.exporter import MoesifSpanExporter
-
-
-def span_processors(provider: Any) -> tuple[Any, ...]:
-    """The processors added to an SDK TracerProvider, in order; () for any other provider."""
-    multi = getattr(provider, "_active_span_processor", None)
-    return tuple(getattr(multi, "_span_processors", ()))
+from moesif_otel.internals import span_processors
 
 
 def moesif_exporter_of(processor: Any) -> MoesifSpanExporter | None:

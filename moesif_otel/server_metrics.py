@@ -20,18 +20,6 @@ from timeit import default_timer
 from typing import Any
 
 from opentelemetry import metrics, trace
-from opentelemetry.instrumentation._semconv import (
-    HTTP_DURATION_HISTOGRAM_BUCKETS_NEW,
-    _server_active_requests_count_attrs_new,
-    _server_active_requests_count_attrs_old,
-    _server_duration_attrs_new,
-    _server_duration_attrs_old,
-)
-from opentelemetry.semconv._incubating.metrics.http_metrics import (
-    create_http_server_active_requests,
-    create_http_server_request_body_size,
-    create_http_server_response_body_size,
-)
 from opentelemetry.semconv.metrics import MetricInstruments
 from opentelemetry.semconv.metrics.http_metrics import HTTP_SERVER_REQUEST_DURATION
 
@@ -39,14 +27,24 @@ from moesif_otel import attributes as A
 from moesif_otel._version import __version__
 from moesif_otel.capture import Message, Scope, Send
 from moesif_otel.http_semconv import StabilityMode, report_new, report_old, route_template, schema_url
+from moesif_otel.internals import (
+    HTTP_DURATION_HISTOGRAM_BUCKETS_NEW,
+    create_http_server_active_requests,
+    create_http_server_request_body_size,
+    create_http_server_response_body_size,
+    server_active_requests_count_attrs_new,
+    server_active_requests_count_attrs_old,
+    server_duration_attrs_new,
+    server_duration_attrs_old,
+)
 from moesif_otel.logonce import LogOnce
 
 _log = LogOnce(logging.getLogger("moesif_otel"))
 
-_ACTIVE_OLD = frozenset(_server_active_requests_count_attrs_old)
-_ACTIVE_NEW = frozenset(_server_active_requests_count_attrs_new)
-_DURATION_OLD = frozenset(_server_duration_attrs_old)
-_DURATION_NEW = frozenset(_server_duration_attrs_new)
+_ACTIVE_OLD = frozenset(server_active_requests_count_attrs_old)
+_ACTIVE_NEW = frozenset(server_active_requests_count_attrs_new)
+_DURATION_OLD = frozenset(server_duration_attrs_old)
+_DURATION_NEW = frozenset(server_duration_attrs_new)
 
 
 def real_meter_provider(meter_provider: metrics.MeterProvider | None) -> metrics.MeterProvider | None:

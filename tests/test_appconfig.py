@@ -1,4 +1,5 @@
-"""Dynamic sampling and governance decisions compiled from /v1/config and /v1/rules."""
+"""appconfig.py: dynamic sampling and governance decisions compiled from /v1/config and /v1/rules
+(pure logic; fetching and applying them in a real app: test_config_sync.py)."""
 
 from __future__ import annotations
 

@@ -244,9 +244,41 @@ def test_middleware_flush_covers_profile_updates(collector: Collector) -> None:
 # -- module-level API --------------------------------------------------------------------------------
 
 
-def test_module_api_after_configure(collector: Collector) -> None:
+PROFILE_FUNCTIONS = [name for name in profiles.__all__ if name.startswith("update_")]
+
+
+def test_profiles_module_is_the_home_and_the_package_root_still_has_the_names() -> None:
+    """moesif_otel.profiles is documented; ``from moesif_otel import update_user`` keeps working."""
+    from moesif_otel import ProfileUpdateError as RootError
+    from moesif_otel import update_user as root_update_user
+
+    assert len(PROFILE_FUNCTIONS) == 12
+    assert root_update_user is profiles.update_user
+    assert RootError is profiles.ProfileUpdateError
+    for name in [*PROFILE_FUNCTIONS, "ProfilesClient", "ProfileUpdateError"]:
+        assert getattr(moesif_otel, name) is getattr(profiles, name)
+        assert name not in moesif_otel.__all__
+    assert moesif_otel.profiles is profiles
+    assert sorted(moesif_otel.__all__) == sorted(
+        [
+            "ConfigurationError",
+            "MoesifMiddleware",
+            "MoesifSpanExporter",
+            "MoesifSpanProcessor",
+            "Settings",
+            "__version__",
+            "profiles",
+        ]
+    )
+    namespace: dict[str, Any] = {}
+    exec("from moesif_otel import *", namespace)
+    assert "profiles" in namespace and "update_user" not in namespace
+
+
+@pytest.mark.parametrize("module", [profiles, moesif_otel], ids=["moesif_otel.profiles", "moesif_otel"])
+def test_module_api_after_configure(collector: Collector, module: Any) -> None:
     profiles.configure(settings_for(collector))
-    assert send_all(moesif_otel) == [True] * 6
+    assert send_all(module) == [True] * 6
     assert profiles.flush(5)
     assert_all_received(collector)
 

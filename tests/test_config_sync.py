@@ -1,4 +1,6 @@
-"""Moesif app config end to end (issue 7): served by the local collector, applied by a real app."""
+"""config_sync.py and what it feeds, end to end: the app config served by the local collector, fetched,
+refreshed and applied by a real app (sampling, governance). The decisions themselves, as pure logic,
+are tested in test_appconfig.py."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import httpx
 import pytest
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-from moesif_otel import MoesifMiddleware
+from moesif_otel import MoesifMiddleware, appconfig
 from moesif_otel.appconfig import keep
 from moesif_otel.collector import Collector
 from moesif_otel.config_sync import ConfigSync
@@ -19,6 +21,13 @@ from moesif_otel.transport import HttpTransport
 
 from .apps import make_app
 from .servers import find_middleware, serve
+
+
+@pytest.fixture(autouse=True)
+def _fresh_problem_log() -> None:
+    """appconfig logs each problem once per process: a test that expects the warning must not
+    depend on whether test_appconfig.py ran first."""
+    appconfig._logged_problems.clear()
 
 
 def settings_for(collector: Collector, **extra: Any) -> dict[str, Any]:
