@@ -65,6 +65,7 @@ from moesif_otel.capture import (
     Send,
     flush_before_shutdown_complete,
 )
+from moesif_otel.logonce import LogOnce
 from moesif_otel.outgoing import OutgoingOptions
 from moesif_otel.settings import ENV_PREFIX, Settings, settings_reference
 
@@ -88,9 +89,11 @@ class _State:
     options: CaptureOptions | None = None
     shutdown_timeout: float = 5.0
     outgoing: OutgoingOptions | None = None  # MOESIF_CAPTURE_OUTGOING_REQUESTS
+    submit: Any = None  # the Moesif processor's on_end, once found
 
 
 _state = _State()
+_warnings = LogOnce(logger)
 
 
 def exports_to_moesif(environ: Mapping[str, str] | None = None) -> bool:
@@ -226,8 +229,28 @@ def _capture_options(settings: Settings) -> CaptureOptions:
         return HttpTransport(settings.collector_uri, settings.application_id, user_agent=USER_AGENT)
 
     return capture_options(
-        settings, shared_config(settings.collector_uri, settings.application_id, transport)
+        settings, shared_config(settings.collector_uri, settings.application_id, transport), _submit
     )
+
+
+def _submit(record: Any) -> None:
+    """Hand a captured call to the Moesif processor of the global provider (the SDK's batch
+    processor in front of the Moesif exporter, created by the configurator after this distro ran),
+    found at the first call."""
+    on_end = _state.submit
+    if on_end is None:
+        from opentelemetry import trace
+
+        from moesif_otel.providers import moesif_processors
+
+        found = moesif_processors(trace.get_tracer_provider())
+        if not found:
+            _warnings.warning(
+                "no-processor", "moesif_otel: no Moesif exporter on the TracerProvider; events dropped"
+            )
+            return
+        on_end = _state.submit = found[0][0].on_end
+    on_end(record)
 
 
 def _without_hooks(environ: Mapping[str, str]) -> dict[str, str]:
