@@ -1,4 +1,7 @@
-"""Span attribute names used by moesif_otel: the contract between capture and export.
+"""Attribute names used by moesif_otel: the contract between capture and export.
+
+Capture writes them into the record it hands to the pipeline (``event.CapturedRecord``), outgoing
+capture onto CLIENT spans; the converter reads both, and plain OTel spans by the same names.
 
 OpenTelemetry semantic-convention names where one exists, ``moesif.*`` where none does.
 Every module reads and writes attributes through these constants, never through literals.

@@ -12,6 +12,9 @@ sends every call an app with no Moesif code serves to Moesif, bodies included. D
   in those instrumentation modules only, by a factory that builds it around :class:`HttpCapture`.
   The per-message ``receive``/``send`` spans are turned off there unless the instrumentation was
   asked for them explicitly: Moesif uses none of them and they triple the spans per request.
+  Capture hands each call to the Moesif exporter's processor on the global provider as a record
+  (found at the first call: the SDK configurator creates it after this distro ran), so every call
+  reaches Moesif whatever ``OTEL_TRACES_SAMPLER`` says, and the span keeps OTel's attributes only.
 * **Settings** come from ``MOESIF_*`` variables and are validated before anything is instrumented,
   so a wrong value is a ``ConfigurationError`` naming the variable (logged by
   ``opentelemetry-instrument``, which then leaves the app uninstrumented but running).
