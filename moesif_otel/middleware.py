@@ -114,8 +114,9 @@ class MoesifMiddleware:
             if self._excluded is not None and self._excluded.url_disabled(_url(scope)):
                 await self.app(scope, receive, send)  # OTEL_PYTHON_EXCLUDED_URLS: no span, no event
             elif joinable_server_span():
-                # Already inside this request's server span (FastAPIInstrumentor,
-                # opentelemetry-instrument): capture onto it rather than open a second one.
+                # Already inside this request's server span (FastAPIInstrumentor, FastAPI's own,
+                # opentelemetry-instrument), recorded or sampled out: capture under it rather
+                # than open a second span (and record the server metrics twice).
                 await self._capture(scope, receive, send)
             else:
                 await self._traced(scope, receive, send)
