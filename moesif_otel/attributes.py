@@ -1,4 +1,7 @@
-"""Span attribute names used by moesif_otel: the contract between capture and export.
+"""Attribute names used by moesif_otel: the contract between capture and export.
+
+Capture writes them into the record it hands to the pipeline (``event.CapturedRecord``), outgoing
+capture onto CLIENT spans; the converter reads both, and plain OTel spans by the same names.
 
 OpenTelemetry semantic-convention names where one exists, ``moesif.*`` where none does.
 Every module reads and writes attributes through these constants, never through literals.
@@ -55,6 +58,9 @@ ERROR_TYPE = "error.type"
 
 # --- moesif.* (no convention exists) -------------------------------------------------------------
 MOESIF_CAPTURED = "moesif.captured"  # bool: this span was prepared by moesif_otel capture
+# bool, on a real span: capture handed this call's event to the Moesif pipeline as a record
+# (event.CapturedRecord); the span itself is not converted
+MOESIF_RECORDED = "moesif.recorded"
 MOESIF_DIRECTION = "moesif.direction"  # "Incoming" | "Outgoing"; absent: from the span kind
 MOESIF_REQUEST_TIME = "moesif.request.time"  # int, ns since epoch; absent: the span's start
 MOESIF_RESPONSE_TIME = "moesif.response.time"  # int, ns since epoch (response complete)

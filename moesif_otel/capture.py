@@ -1,15 +1,22 @@
-"""ASGI capture: tees one HTTP exchange into attributes of its server span.
+"""ASGI capture: tees one HTTP exchange into a record for the Moesif pipeline.
 
 The layer sits *inside* whatever opens the server span (moesif_otel's ServerSpan in the drop-in,
-FastAPIInstrumentor under auto-instrumentation), so the span is the current one and still live
-when the app raises. It keeps the request path minimal: body chunks are appended up to a cap,
-headers are kept as text, nothing is parsed or serialised here — the exporter does that on its
-own thread.
+FastAPIInstrumentor under auto-instrumentation), so the span is the current one. It keeps the
+request path minimal: body chunks are appended up to a cap, headers are kept as text, nothing is
+parsed or serialised here — the exporter does that on its own thread.
 
-Hooks need the finished response, yet must not hold it back. On its own span, capture sends the
-last message as it is, then runs the hooks, sets the attributes and ends the span. On someone
-else's span, which ends with the last message, the last bytes go out first (a Content-Length
-response is then complete for the client), then hooks and attributes, then an empty closing message.
+What it captured (bodies, every header, the hooks' results) goes into an
+:class:`~moesif_otel.event.CapturedRecord` handed straight to the Moesif processor
+(``CaptureOptions.submit``), not onto the span. So the app's sampler decides about the span only
+(a sampled-out span still yields its event, weight 1), the span ends when the response is complete
+whatever the hooks do after it, and the app's other exporters see what OTel's own instrumentation
+would put there: the span gets the response attributes on its own span (status, route, error), the
+``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_*`` headers, and ``moesif.recorded`` so that the Moesif
+processor skips it. ``CAPTURE_ON_SPAN`` writes bodies and all headers onto the span as well.
+
+Hooks need the finished response, yet must not hold it back: the last message goes out first (on
+an instrumentor's span, its middleware ends the span with it; capture ends its own span right
+after), then the hooks run, then the record is submitted.
 """
 
 from __future__ import annotations
@@ -23,10 +30,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import context, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.util.http import (
+    OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS,
+    OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST,
+    OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE,
+    SanitizeValue,
+    get_custom_headers,
+    normalise_request_header_name,
+    normalise_response_header_name,
+)
 
 from moesif_otel import attributes as A
 from moesif_otel.appconfig import AppConfig, keep, weight_for
+from moesif_otel.event import CapturedRecord
 from moesif_otel.hooks import Hook, HookRun, Step, metadata_steps, run_steps_inline
 from moesif_otel.http_semconv import names as semconv_names
 from moesif_otel.http_semconv import route_template
@@ -49,17 +66,72 @@ _DRAIN_TIMEOUT = 1.0
 # MoesifMiddleware-wrapped app in-process (TestClient, httpx.ASGITransport) runs that app with the
 # outer request's span current: the inner request must get its own span, not write onto that one.
 _CAPTURING: contextvars.ContextVar[Any] = contextvars.ContextVar("moesif_otel.capturing", default=None)
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 
 
 def joinable_server_span() -> bool:
-    """True when the current span is a request's SERVER span that no capture records onto yet:
-    the span an instrumentor (FastAPIInstrumentor, ``opentelemetry-instrument``) opened for this
-    request. Any other recording span (a nested call's enclosing request, a user's INTERNAL span)
-    is not this request's."""
+    """True when the current span is the one an instrumentor (FastAPIInstrumentor,
+    ``opentelemetry-instrument``) opened for this request, so that capture uses it instead of
+    opening a second span (and recording the server metrics twice).
+
+    A recording span is joined when it is a SERVER span no capture holds: a span some capture
+    holds is an enclosing request's (an app called in-process from an endpoint), and any other
+    kind is a user's. A span the app's sampler dropped tells no kind; it is joined when it was
+    started in this process (not a remote parent) and no capture runs in this context at all, so
+    that inside another captured request (where it may be any span of that request) the nested
+    call still gets its own span."""
     span = trace.get_current_span()
-    if not span.is_recording() or span is _CAPTURING.get():
+    held = _CAPTURING.get()
+    if span is held:
         return False
-    return getattr(span, "kind", None) is SpanKind.SERVER
+    if span.is_recording():
+        return getattr(span, "kind", None) is SpanKind.SERVER
+    span_context = span.get_span_context()
+    return held is None and span_context.is_valid and not span_context.is_remote
+
+
+@dataclass(frozen=True)
+class SpanHeaders:
+    """``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST`` / ``_RESPONSE`` and
+    ``_SANITIZE_FIELDS``, read once: the ``http.request.header.*`` / ``http.response.header.*``
+    attributes OTel's ASGI instrumentation writes, written the same way onto capture's own span."""
+
+    request: list[str]
+    response: list[str]
+    sanitize: SanitizeValue
+
+    @classmethod
+    def from_env(cls) -> SpanHeaders | None:
+        """None when neither header list is set: the request path then checks nothing."""
+        request = get_custom_headers(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST)
+        response = get_custom_headers(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE)
+        if not request and not response:
+            return None
+        sanitize = SanitizeValue(
+            get_custom_headers(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS)
+        )
+        return cls(request, response, sanitize)
+
+    def attributes(self, scope: Scope, response_headers: Any) -> dict[str, Any]:
+        from opentelemetry.instrumentation.asgi import collect_custom_headers_attributes
+
+        attrs: dict[str, Any] = {}
+        if self.request:
+            attrs.update(
+                collect_custom_headers_attributes(
+                    scope, self.sanitize, self.request, normalise_request_header_name
+                )
+            )
+        if self.response and response_headers:
+            attrs.update(
+                collect_custom_headers_attributes(
+                    {"headers": response_headers},
+                    self.sanitize,
+                    self.response,
+                    normalise_response_header_name,
+                )
+            )
+        return attrs
 
 
 @dataclass(frozen=True)
@@ -78,6 +150,12 @@ class CaptureOptions:
     authorization_user_id_field: str = "sub"
     # seconds for all the hooks of one request together (HOOK_TIMEOUT)
     hook_timeout: float = 1.0
+    # where each finished call's CapturedRecord goes (a Moesif processor's on_end); None: nowhere
+    submit: Callable[[Any], None] | None = None
+    # CAPTURE_ON_SPAN: bodies and all headers also onto the span, for the app's other exporters
+    capture_on_span: bool = False
+    # the headers capture's own span carries, as OTel's instrumentation would (None: none)
+    span_headers: SpanHeaders | None = None
 
     @property
     def has_hooks(self) -> bool:
@@ -87,7 +165,8 @@ class CaptureOptions:
 
 
 class HttpCapture:
-    """ASGI middleware: one :class:`Exchange` per HTTP request whose server span is recording."""
+    """ASGI middleware: one :class:`Exchange` per HTTP request that runs in a span (recording or
+    not) no other capture holds."""
 
     def __init__(self, app: ASGIApp, options: CaptureOptions, *, owns_span: bool = False) -> None:
         self.app = app
@@ -101,9 +180,13 @@ class HttpCapture:
             await self.app(scope, receive, send)
             return
         span = trace.get_current_span()
-        if not span.is_recording() or span is _CAPTURING.get():
+        if span is _CAPTURING.get() or not span.get_span_context().is_valid:
+            # no span (a URL OTel's middleware excludes) or an enclosing request's: not ours
             await self.app(scope, receive, send)
             return
+        if not self.owns_span and span.is_recording():
+            # the instrumentor's span ends with the last message: the event comes as the record
+            span.set_attribute(A.MOESIF_RECORDED, True)
         config = self.options.app_config() if self.options.app_config is not None else None
         exchange = Exchange(self.options, scope, span, receive, send, config, self.owns_span)
         # A marker, not the exchange: the exchange holds the scope, and the scope holding it back
@@ -167,6 +250,8 @@ class Exchange:
         "response_size",
         "scope",
         "span",
+        "span_closed",
+        "start_ns",
         "status",
         "transaction_id",
         "user_id",
@@ -185,6 +270,9 @@ class Exchange:
         self.options = options
         self.scope = scope
         self.span = span
+        # the request's start: the span's when it records one, else now (a sampled-out span)
+        self.start_ns = getattr(span, "start_time", None) or time.time_ns()
+        self.span_closed = False
         self._receive = receive
         self._send = send
         self.request_body = bytearray()
@@ -273,20 +361,17 @@ class Exchange:
             return
         await self.drain_request()  # while the request can still be read
         if self.owns_span:
-            # The span is ours: complete the response, then hooks and attributes, then end the
-            # span (background tasks that run after the response are not part of it).
+            # complete the response, then end the span (hooks and background tasks that run
+            # after the response are not part of it)
             await self._send_last(message)
             self.response_end_ns = time.time_ns()
-            await self.finish()
-            self.span.end()
-            return
-        # Someone else's span ends with the closing message: the bytes first (a Content-Length
-        # response is then complete for the client), hooks and attributes, then the close.
-        if chunk:
-            await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
-        self.response_end_ns = time.time_ns()
+            self._close_span(None)
+        else:
+            # an instrumentor's span ends with this message, in its middleware
+            self._close_span(None)
+            await self._send_last(message)
+            self.response_end_ns = time.time_ns()
         await self.finish()
-        await self._send_last({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _send_last(self, message: Message) -> None:
         """Send the message that completes the response with no OTel context attached.
@@ -306,10 +391,11 @@ class Exchange:
     # -- completion -------------------------------------------------------------------------------
 
     async def finish(self, error: BaseException | None = None) -> None:
-        """Run the hooks and write the attributes; the span is still live."""
+        """End the span (ours), run the hooks, submit the record."""
         self.finished = True
         if not self.response_end_ns:
             self.response_end_ns = time.time_ns()
+        self._close_span(error)
         try:
             results = await self._complete(error)
         except Exception:  # our own bug must not become the app's
@@ -410,13 +496,8 @@ class Exchange:
             results[A.MOESIF_BLOCKED_BY] = self.blocked_by
         return results
 
-    def record(self, error: BaseException | None = None, hook_results: dict[str, Any] | None = None) -> None:
-        """Write everything known about the exchange onto the span."""
-        self.finished = True
-        if hook_results and hook_results.get(A.MOESIF_SKIP):
-            self.span.set_attributes(hook_results)  # not sent: nothing else is worth copying
-            return
-        scope = self.scope
+    def _outcome(self, error: BaseException | None) -> int:
+        """The status the client got (0: none) and whether the response was cut short."""
         status = self.status
         if error is not None:
             self.aborted = self.response_headers is not None
@@ -426,20 +507,40 @@ class Exchange:
             self.aborted = self.response_headers is None or self.disconnected
             if self.response_headers is None and not self.disconnected:
                 status = 500  # the app returned without a response: the server answers 500
-        # Kept to what the span lacks: its kind says Incoming, its start time is the request's,
-        # OTel's middleware records the peer address.
-        attrs: dict[str, Any] = {
-            A.MOESIF_CAPTURED: True,
-            A.MOESIF_RESPONSE_TIME: self.response_end_ns or time.time_ns(),
-            A.HTTP_REQUEST_METHOD: scope.get("method", "GET"),
-            A.MOESIF_REQUEST_URI: request_uri(scope),
-            A.MOESIF_REQUEST_HEADERS: flat_headers(scope.get("headers", ()), self.transaction_id),
-            A.MOESIF_RESPONSE_HEADERS: flat_headers(self.response_headers or (), None),
-        }
-        if status:
-            attrs[A.HTTP_RESPONSE_STATUS_CODE] = status
-        if self.transaction_id is not None:
-            attrs[A.MOESIF_TRANSACTION_ID] = self.transaction_id
+        return status
+
+    def _close_span(self, error: BaseException | None) -> None:
+        """What the span carries (see the module docstring); capture's own span ends here. Once."""
+        if self.span_closed:
+            return
+        self.span_closed = True
+        span = self.span
+        if not span.is_recording():
+            return
+        options = self.options
+        attrs: dict[str, Any] = {}
+        try:
+            if self.owns_span:
+                attrs[A.MOESIF_RECORDED] = True
+                self._response_semconv(attrs, self._outcome(error), error)
+                if options.span_headers is not None:
+                    attrs.update(options.span_headers.attributes(self.scope, self.response_headers))
+            if options.capture_on_span:
+                self._captured_data(attrs)
+            if attrs:
+                span.set_attributes(attrs)
+            if self.owns_span:
+                if isinstance(error, Exception):  # as FastAPIInstrumentor does (ServerSpan finds it ended)
+                    span.record_exception(error)
+                    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+                span.end()
+        except Exception:
+            logger.exception("moesif_otel: could not finish the request's span")
+
+    def _captured_data(self, attrs: dict[str, Any]) -> None:
+        """Bodies and complete header maps (into the record, and onto the span with CAPTURE_ON_SPAN)."""
+        attrs[A.MOESIF_REQUEST_HEADERS] = flat_headers(self.scope.get("headers", ()), self.transaction_id)
+        attrs[A.MOESIF_RESPONSE_HEADERS] = flat_headers(self.response_headers or (), None)
         if self.request_size:
             attrs[A.HTTP_REQUEST_BODY_SIZE] = self.request_size
         if self.response_size:
@@ -448,6 +549,31 @@ class Exchange:
             attrs[A.HTTP_REQUEST_BODY_CONTENT] = body_value(self.request_body)
         if self.response_body:
             attrs[A.HTTP_RESPONSE_BODY_CONTENT] = body_value(self.response_body)
+
+    def record(self, error: BaseException | None = None, hook_results: dict[str, Any] | None = None) -> None:
+        """Hand everything known about the exchange to the Moesif pipeline, as a CapturedRecord."""
+        self.finished = True
+        self._close_span(error)
+        submit = self.options.submit
+        if submit is None or (hook_results and hook_results.get(A.MOESIF_SKIP)):
+            return  # SKIPped or sampled out by the app config: not sent
+        scope = self.scope
+        status = self._outcome(error)
+        end_ns = self.response_end_ns or time.time_ns()
+        attrs: dict[str, Any] = {
+            A.MOESIF_CAPTURED: True,
+            A.MOESIF_RESPONSE_TIME: end_ns,
+            A.HTTP_REQUEST_METHOD: scope.get("method", "GET"),
+            A.MOESIF_REQUEST_URI: request_uri(scope),
+        }
+        self._captured_data(attrs)
+        client = scope.get("client")
+        if client:
+            attrs[A.CLIENT_ADDRESS] = str(client[0])
+        if status:
+            attrs[A.HTTP_RESPONSE_STATUS_CODE] = status
+        if self.transaction_id is not None:
+            attrs[A.MOESIF_TRANSACTION_ID] = self.transaction_id
         if not self.request_complete and not self.disconnected and self.options.log_body and error is None:
             # the app did not read it all and the drain gave up: what we have is partial
             attrs[A.MOESIF_REQUEST_BODY_TRUNCATED] = True
@@ -457,33 +583,43 @@ class Exchange:
             attrs[A.MOESIF_ERROR] = type(error).__qualname__
         if hook_results:
             attrs.update(hook_results)
-        if self.owns_span:
-            self._response_semconv(attrs, status, error)
         try:
-            self.span.set_attributes(attrs)
+            submit(CapturedRecord(attrs, sampled_context(self.span), SpanKind.SERVER, self.start_ns, end_ns))
         except Exception:
-            logger.exception("moesif_otel: could not record the exchange on its span")
+            logger.exception("moesif_otel: could not hand the event to the Moesif pipeline")
 
     def _response_semconv(self, attrs: dict[str, Any], status: int, error: BaseException | None) -> None:
-        """The response side of the span moesif_otel opened: route, name, error status, and the
-        names of ``OTEL_SEMCONV_STABILITY_OPT_IN``. The method keeps its spelling as sent (OTel writes
-        ``_OTHER`` for a non-standard one) under whichever name is written: the event's verb."""
+        """The response side of the span moesif_otel opened: route, name, error status, under the
+        names of ``OTEL_SEMCONV_STABILITY_OPT_IN`` (the request side was set at its start)."""
         route = route_template(self.scope)
         if route:
             attrs[A.HTTP_ROUTE] = route
             self.span.update_name(f"{getattr(self.span, 'name', 'HTTP')} {route}")  # "GET /api/items/{id}"
         new = semconv_names.new
-        if semconv_names.old:
-            attrs[A.OLD_HTTP_METHOD] = attrs[A.HTTP_REQUEST_METHOD]
-            if status:
+        if status:
+            if new:
+                attrs[A.HTTP_RESPONSE_STATUS_CODE] = status
+            if semconv_names.old:
                 attrs[A.OLD_HTTP_STATUS_CODE] = status
-            if not new:
-                del attrs[A.HTTP_REQUEST_METHOD]
-                attrs.pop(A.HTTP_RESPONSE_STATUS_CODE, None)
         if error is not None or status >= 500:
             if new:
                 attrs[A.ERROR_TYPE] = type(error).__qualname__ if error is not None else str(status)
             self.span.set_status(Status(StatusCode.ERROR))
+
+
+def sampled_context(span: Any) -> SpanContext:
+    """The span's context, flagged sampled (the SDK's batch processor drops others); the trace id
+    is valid even for a span the app's sampler dropped."""
+    span_context = span.get_span_context()
+    if span_context.trace_flags.sampled:
+        return span_context
+    return SpanContext(
+        span_context.trace_id,
+        span_context.span_id,
+        span_context.is_remote,
+        _SAMPLED,
+        span_context.trace_state,
+    )
 
 
 def body_value(captured: bytearray) -> str | bytes:

@@ -12,6 +12,9 @@ sends every call an app with no Moesif code serves to Moesif, bodies included. D
   in those instrumentation modules only, by a factory that builds it around :class:`HttpCapture`.
   The per-message ``receive``/``send`` spans are turned off there unless the instrumentation was
   asked for them explicitly: Moesif uses none of them and they triple the spans per request.
+  Capture hands each call to the Moesif exporter's processor on the global provider as a record
+  (found at the first call: the SDK configurator creates it after this distro ran), so every call
+  reaches Moesif whatever ``OTEL_TRACES_SAMPLER`` says, and the span keeps OTel's attributes only.
 * **Settings** come from ``MOESIF_*`` variables and are validated before anything is instrumented,
   so a wrong value is a ``ConfigurationError`` naming the variable (logged by
   ``opentelemetry-instrument``, which then leaves the app uninstrumented but running).
@@ -68,6 +71,7 @@ from moesif_otel.capture import (
     flush_before_shutdown_complete,
 )
 from moesif_otel.internals import EntryPoint, configure_sdk, entry_points
+from moesif_otel.logonce import LogOnce
 from moesif_otel.outgoing import OutgoingOptions
 from moesif_otel.settings import ENV_PREFIX, Settings, settings_reference
 
@@ -91,9 +95,11 @@ class _State:
     options: CaptureOptions | None = None
     shutdown_timeout: float = 5.0
     outgoing: OutgoingOptions | None = None  # MOESIF_CAPTURE_OUTGOING_REQUESTS
+    submit: Any = None  # the Moesif processor's on_end, once found
 
 
 _state = _State()
+_warnings = LogOnce(logger)
 
 
 def exports_to_moesif(environ: Mapping[str, str] | None = None) -> bool:
@@ -244,8 +250,28 @@ def _capture_options(settings: Settings) -> CaptureOptions:
         return HttpTransport(settings.collector_uri, settings.application_id, user_agent=USER_AGENT)
 
     return capture_options(
-        settings, shared_config(settings.collector_uri, settings.application_id, transport)
+        settings, shared_config(settings.collector_uri, settings.application_id, transport), _submit
     )
+
+
+def _submit(record: Any) -> None:
+    """Hand a captured call to the Moesif processor of the global provider (the SDK's batch
+    processor in front of the Moesif exporter, created by the configurator after this distro ran),
+    found at the first call."""
+    on_end = _state.submit
+    if on_end is None:
+        from opentelemetry import trace
+
+        from moesif_otel.providers import moesif_processors
+
+        found = moesif_processors(trace.get_tracer_provider())
+        if not found:
+            _warnings.warning(
+                "no-processor", "moesif_otel: no Moesif exporter on the TracerProvider; events dropped"
+            )
+            return
+        on_end = _state.submit = found[0][0].on_end
+    on_end(record)
 
 
 def _without_hooks(environ: Mapping[str, str]) -> dict[str, str]:

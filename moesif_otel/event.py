@@ -4,7 +4,9 @@ The event is built as the JSON document the collector receives: that is all most
 and it costs a fraction of building moesifapi models. ``MASK_EVENT_MODEL`` hooks receive an
 ``EventModel`` (:func:`to_event_model`) and the result is turned back (:func:`from_event_model`).
 
-Spans prepared by capture carry everything under the names of :mod:`moesif_otel.attributes`.
+Capture hands each call to the pipeline as a :class:`CapturedRecord` (not as a span: the app's
+sampler, span timing and other exporters stay OTel's), with everything under the names of
+:mod:`moesif_otel.attributes`; the span it ran under is marked ``moesif.recorded`` and skipped.
 Plain OTel HTTP server spans (an existing pipeline without capture) are mapped from the semantic
 conventions, old and stable, so they still become events — without bodies.
 """
@@ -46,6 +48,30 @@ class EventOptions:
     response_body_masks: frozenset[str] = frozenset()
 
 
+class CapturedRecord:
+    """One captured call, handed straight to the Moesif processor (or the SDK's batch processor in
+    front of a Moesif exporter): the fields of a finished ``ReadableSpan`` that they and this module
+    read. Its context is the request span's (trace id kept), flagged sampled so that the SDK's
+    processors accept it whatever the app's sampler decided for the span."""
+
+    __slots__ = ("attributes", "context", "end_time", "kind", "start_time")
+
+    name = "moesif_otel.record"
+    parent = None
+    resource = None
+    events = ()
+    links = ()
+
+    def __init__(
+        self, attributes: dict[str, Any], context: Any, kind: SpanKind, start: int, end: int
+    ) -> None:
+        self.attributes = attributes
+        self.context = context
+        self.kind = kind
+        self.start_time = start
+        self.end_time = end
+
+
 def span_attributes(span: ReadableSpan) -> Mapping[str, Any]:
     """The span's attributes, read-only, as cheaply as the SDK allows.
 
@@ -54,6 +80,8 @@ def span_attributes(span: ReadableSpan) -> Mapping[str, Any]:
     A finished span's attributes no longer change, so that dict is read directly; any other layout
     gets a copy.
     """
+    if type(span) is CapturedRecord:
+        return span.attributes
     inner = span_attribute_dict(span)
     if type(inner) is dict:
         return inner
@@ -63,7 +91,7 @@ def span_attributes(span: ReadableSpan) -> Mapping[str, Any]:
 def is_api_call(span: ReadableSpan, options: EventOptions | None = None) -> bool:
     """Cheap filter: an HTTP server (or wanted client) span that was not SKIPped or sampled out."""
     attrs = span_attributes(span)
-    if attrs.get(A.MOESIF_SKIP):
+    if attrs.get(A.MOESIF_SKIP) or attrs.get(A.MOESIF_RECORDED):
         return False
     if attrs.get(A.MOESIF_CAPTURED):
         return True

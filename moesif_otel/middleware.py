@@ -3,15 +3,17 @@
 ``app.add_middleware(MoesifMiddleware, settings={...})`` or ``MoesifMiddleware(app, settings)``.
 Layers, outermost first: :class:`ServerSpan` (the request's SERVER span, see its module for why
 not OTel's ASGI middleware), :class:`HttpCapture`, the application. When the request already runs
-inside its own server span (FastAPIInstrumentor, ``opentelemetry-instrument``), capture uses that
-one; a span some capture already records onto (an app called in-process from an endpoint) is not
-this request's, and the request gets its own.
+inside its own server span (FastAPIInstrumentor, ``opentelemetry-instrument``), recording or
+sampled out, capture uses that one (``joinable_server_span`` says which span that is); a span some
+capture already holds (an app called in-process from an endpoint) is not this request's, and the
+request gets its own. Capture hands each call to this middleware's Moesif processor directly, so
+the app's sampler does not decide which calls reach Moesif.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from opentelemetry.instrumentation.asgi import get_host_port_url_tuple
@@ -26,6 +28,7 @@ from moesif_otel.capture import (
     Receive,
     Scope,
     Send,
+    SpanHeaders,
     flush_before_shutdown_complete,
     joinable_server_span,
 )
@@ -37,8 +40,11 @@ from moesif_otel.server_span import ServerSpan
 from moesif_otel.settings import Settings
 
 
-def capture_options(settings: Settings, app_config: ConfigSync | None = None) -> CaptureOptions:
-    """Capture options from settings; ``app_config`` brings sampling and governance rules."""
+def capture_options(
+    settings: Settings, app_config: ConfigSync | None = None, submit: Callable[[Any], None] | None = None
+) -> CaptureOptions:
+    """Capture options from settings; ``app_config`` brings sampling and governance rules,
+    ``submit`` takes each captured call (the Moesif processor's ``on_end``)."""
     return CaptureOptions(
         log_body=settings.log_body,
         max_body_size=settings.max_body_size,
@@ -52,6 +58,9 @@ def capture_options(settings: Settings, app_config: ConfigSync | None = None) ->
         authorization_header_names=settings.authorization_header_names,
         authorization_user_id_field=settings.authorization_user_id_field,
         hook_timeout=settings.hook_timeout,
+        submit=submit,
+        capture_on_span=settings.capture_on_span,
+        span_headers=SpanHeaders.from_env(),
     )
 
 
@@ -87,7 +96,9 @@ class MoesifMiddleware:
             from moesif_otel.outgoing import enable_outgoing_capture
 
             enable_outgoing_capture(self.pipeline)
-        options = capture_options(self.settings, self.pipeline.exporter.app_config)
+        options = capture_options(
+            self.settings, self.pipeline.exporter.app_config, self.pipeline.processor.on_end
+        )
         self._capture = HttpCapture(app, options)  # onto a server span someone else opened
         self._traced = ServerSpan(
             HttpCapture(app, options, owns_span=True), self.pipeline.tracer_provider, meter_provider
@@ -103,8 +114,9 @@ class MoesifMiddleware:
             if self._excluded is not None and self._excluded.url_disabled(_url(scope)):
                 await self.app(scope, receive, send)  # OTEL_PYTHON_EXCLUDED_URLS: no span, no event
             elif joinable_server_span():
-                # Already inside this request's server span (FastAPIInstrumentor,
-                # opentelemetry-instrument): capture onto it rather than open a second one.
+                # Already inside this request's server span (FastAPIInstrumentor, FastAPI's own,
+                # opentelemetry-instrument), recorded or sampled out: capture under it rather
+                # than open a second span (and record the server metrics twice).
                 await self._capture(scope, receive, send)
             else:
                 await self._traced(scope, receive, send)

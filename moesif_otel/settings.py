@@ -58,6 +58,12 @@ class Settings:
     shutdown_timeout: float = _setting(
         "SHUTDOWN_TIMEOUT", 5.0, "float", "Longest time (s) spent delivering queued events at shutdown."
     )
+    capture_on_span: bool = _setting(
+        "CAPTURE_ON_SPAN",
+        False,
+        "bool",
+        "Also write captured bodies and all headers onto the server span, for the app's other exporters.",
+    )
     disabled_transaction_id: bool = _setting(
         "DISABLED_TRANSACTION_ID", False, "bool", "Do not add X-Moesif-Transaction-Id."
     )

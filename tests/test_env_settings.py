@@ -40,6 +40,7 @@ VALUES: dict[str, tuple[str, Any]] = {
     "SHUTDOWN_TIMEOUT": ("2", 2.0),
     "HOOK_TIMEOUT": ("0.5", 0.5),
     "DISABLED_TRANSACTION_ID": ("1", True),
+    "CAPTURE_ON_SPAN": ("true", True),
     "AUTHORIZATION_HEADER_NAME": ("x-api-key, authorization", "x-api-key, authorization"),
     "AUTHORIZATION_USER_ID_FIELD": ("email", "email"),
     "IDENTIFY_USER": (HOOK_PATH, env_hook),
