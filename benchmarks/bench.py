@@ -633,16 +633,22 @@ def capture_real_spans(count: int, collector_url: str) -> list[Any]:
     half POST /echo with the benchmark's JSON body) through MoesifMiddleware, in-process."""
     import asyncio
 
-    from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 
-    from moesif_otel import MoesifMiddleware
+    from moesif_otel import MoesifMiddleware, MoesifSpanExporter, MoesifSpanProcessor
+    from moesif_otel.event import is_api_call
 
-    class Keep(SpanProcessor):
+    class Keep(MoesifSpanProcessor):
+        """A Moesif processor already on the provider: the middleware hands it each captured call
+        (capture's records, not the spans) instead of building its own."""
+
         def __init__(self) -> None:
+            super().__init__(MoesifSpanExporter(moesif_settings(collector_url)))
             self.spans: list[ReadableSpan] = []
 
         def on_end(self, span: ReadableSpan) -> None:
-            self.spans.append(span)
+            if is_api_call(span):  # the records; the spans themselves are marked as recorded
+                self.spans.append(span)
 
     keep = Keep()
     provider = TracerProvider()
@@ -685,7 +691,8 @@ def capture_real_spans(count: int, collector_url: str) -> list[Any]:
             await one(i)
 
     asyncio.run(run())
-    asgi.pipeline.shutdown()  # its events went to the collector; the caller counts them as a baseline
+    asgi.pipeline.shutdown()
+    keep.exporter.shutdown()
     if len(keep.spans) < count:
         raise RuntimeError(f"captured {len(keep.spans)} spans for {count} requests")
     return keep.spans

@@ -40,15 +40,6 @@ CHUNKS = [b"first chunk,", b"second chunk,", b"last"]
 BODY = b"".join(CHUNKS)
 
 
-@pytest.fixture
-def spans() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield provider, exporter
-    provider.shutdown()
-
-
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[str]:
     """A real server answering /body with BODY in three chunks."""

@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import BackgroundTasks, FastAPI
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -29,15 +27,6 @@ def stable_semconv(monkeypatch: pytest.MonkeyPatch) -> None:
     """These tests check the stable names (OTEL_SEMCONV_STABILITY_OPT_IN=http); the other modes
     are in test_opentelemetry_setup.py."""
     use_semconv_mode(monkeypatch, "http")
-
-
-@pytest.fixture
-def spans() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield provider, exporter
-    provider.shutdown()
 
 
 def make(collector: Collector, provider: TracerProvider, released: threading.Event) -> FastAPI:
