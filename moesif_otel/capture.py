@@ -115,7 +115,10 @@ class SpanHeaders:
         if self.request:
             attrs.update(
                 collect_custom_headers_attributes(
-                    scope, self.sanitize, self.request, normalise_request_header_name
+                    scope,  # type: ignore[arg-type]  # typed dict; reads only "headers"
+                    self.sanitize,
+                    self.request,
+                    normalise_request_header_name,
                 )
             )
         if self.response and response_headers:
@@ -444,12 +447,15 @@ class Exchange:
     async def _complete(self, error: BaseException | None) -> dict[str, Any]:
         """The hooks under one time budget (HOOK_TIMEOUT), on the loop or off it (see HookRun)."""
         options = self.options
+        results: dict[str, Any]
         if not options.has_hooks:
-            return run_steps_inline(self._steps(error))
+            results = run_steps_inline(self._steps(error))
+            return results
         from moesif_otel.hook_args import hook_arguments  # starlette.requests kept off module load
 
         run = HookRun(hook_arguments(self, error), options.hook_timeout)
-        return await run.drive(lambda: self._steps(error))
+        results = await run.drive(lambda: self._steps(error))
+        return results
 
     def _steps(self, error: BaseException | None) -> Step:
         """SKIP, identity, sampling, then the other hooks; the expensive parts only for kept events.
@@ -599,7 +605,7 @@ class Exchange:
 def sampled_context(span: Any) -> SpanContext:
     """The span's context, flagged sampled (the SDK's batch processor drops others); the trace id
     is valid even for a span the app's sampler dropped."""
-    span_context = span.get_span_context()
+    span_context: SpanContext = span.get_span_context()
     if span_context.trace_flags.sampled:
         return span_context
     return SpanContext(
@@ -650,6 +656,8 @@ def _bodyless(scope: Scope) -> bool:
     Content-Length of 0, a request has no body. HTTP/2 and 3 frame bodies without either header."""
     if scope.get("http_version") not in ("1.1", "1.0"):
         return False
+    name: bytes
+    value: bytes
     for name, value in scope.get("headers", ()):
         lowered = name.lower()
         if lowered == b"transfer-encoding":

@@ -16,6 +16,8 @@ _MAX_TRANSACTION_ID = 128
 
 def request_transaction_id(scope: Scope) -> str:
     """The id the client sent (printable, at most 128 characters), else a new one."""
+    name: bytes
+    value: bytes
     for name, value in scope.get("headers", ()):
         if name.lower() == TRANSACTION_HEADER:
             text = value.decode("latin-1").strip()
