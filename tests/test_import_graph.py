@@ -4,7 +4,8 @@ The graph is read from the source (``ast``): every ``import``/``from`` of a moes
 at module level or inside a function (a function-level import is still an edge: it only moves
 where the circle bites). Imports under ``if TYPE_CHECKING:`` are left out: they never run, and
 a type checker resolves circular annotations itself. Importing a submodule loads its parent
-package first; that implicit edge is not one the importing module chose, so it is not counted.
+package first; that implicit edge is not counted, but taking a name the package itself defines
+(``from moesif_otel import MoesifMiddleware``) is an edge to the package.
 """
 
 from __future__ import annotations
@@ -79,8 +80,7 @@ def _imported(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
             visit(child)
 
     visit(ast.parse(path.read_text(encoding="utf-8"), str(path)))
-    # a parent package is loaded before its submodule anyway: not an edge of this module's making
-    return {t for t in targets if not module.startswith(f"{t}.")}
+    return targets
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[tuple[set[str], list[str]]]:
@@ -141,6 +141,27 @@ def test_modules_found() -> None:
     modules = _modules()
     for name in ("moesif_otel.capture", "moesif_otel.governance", "moesif_otel.collector.server"):
         assert name in modules
+
+
+def test_imports_read_from_the_source(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "import moesif_otel.a\n"
+        "from moesif_otel import b, NAME\n"
+        "from .c import x\n"
+        "if TYPE_CHECKING:\n    from moesif_otel.d import T\n"
+        "def f():\n    from moesif_otel.e import y\n"
+    )
+    names = ["a", "b", "d", "e", "pkg", "pkg.c", "pkg.m"]
+    modules = {PACKAGE: source, **{f"{PACKAGE}.{n}": source for n in names}}
+    assert _imported("moesif_otel.pkg.m", source, modules) == {
+        "moesif_otel.a",
+        "moesif_otel.b",
+        "moesif_otel",  # NAME is the package's own
+        "moesif_otel.pkg.c",
+        "moesif_otel.e",  # function-level
+    }
 
 
 def test_cycle_finder_reports_the_circle() -> None:
