@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import random
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,26 +39,23 @@ from opentelemetry.util.http import (
     normalise_request_header_name,
     normalise_response_header_name,
 )
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from moesif_otel import attributes as A
 from moesif_otel.appconfig import AppConfig, keep, weight_for
+from moesif_otel.asgi_scope import flat_headers, request_headers, request_uri
 from moesif_otel.event import CapturedRecord
+from moesif_otel.governance import govern, request_facts
 from moesif_otel.hooks import Hook, HookRun, Step, metadata_steps, run_steps_inline
 from moesif_otel.http_semconv import names as semconv_names
 from moesif_otel.http_semconv import route_template
+from moesif_otel.identity import user_id_from_authorization
+from moesif_otel.transaction_ids import TRANSACTION_HEADER, request_transaction_id
 
 logger = logging.getLogger("moesif_otel")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
 SCOPE_KEY = "moesif_otel.exchange"
 _EMPTY_CONTEXT = context.Context()
-TRANSACTION_HEADER = b"x-moesif-transaction-id"
-_MAX_TRANSACTION_ID = 128
 # How long, at most, capture waits for request body the app never read.
 _DRAIN_TIMEOUT = 1.0
 # The span the innermost capture in this context records onto. An endpoint that calls another
@@ -119,7 +115,10 @@ class SpanHeaders:
         if self.request:
             attrs.update(
                 collect_custom_headers_attributes(
-                    scope, self.sanitize, self.request, normalise_request_header_name
+                    scope,  # type: ignore[arg-type]  # typed dict; reads only "headers"
+                    self.sanitize,
+                    self.request,
+                    normalise_request_header_name,
                 )
             )
         if self.response and response_headers:
@@ -195,11 +194,8 @@ class HttpCapture:
         scope[SCOPE_KEY] = True
         capturing = _CAPTURING.set(span)
         try:
-            if config is not None and config.has_rules:
-                from moesif_otel.governance import govern
-
-                if await govern(exchange, config):
-                    return  # blocked: answered for the app, recorded like any response
+            if config is not None and config.has_rules and await govern(exchange, config):
+                return  # blocked: answered for the app, recorded like any response
             await self.app(scope, exchange.receive, exchange.send)
         except Exception as exc:
             if not exchange.finished:
@@ -288,7 +284,7 @@ class Exchange:
         self.status = 0
         self.finished = False
         self.aborted = False
-        self.transaction_id = _transaction_id(scope) if options.transaction_id else None
+        self.transaction_id = request_transaction_id(scope) if options.transaction_id else None
         self.config = config
         self.owns_span = owns_span
         self._replay: list[Message] = []  # request messages read early (governance), for the app
@@ -441,8 +437,6 @@ class Exchange:
         if options.identify_company is not None:
             company_id = yield options.identify_company
         if user_id is None and self.config is not None and (self.config.has_rules or self.config.samples):
-            from moesif_otel.identity import user_id_from_authorization
-
             user_id = user_id_from_authorization(
                 request_headers(self.scope),
                 options.authorization_header_names,
@@ -453,12 +447,15 @@ class Exchange:
     async def _complete(self, error: BaseException | None) -> dict[str, Any]:
         """The hooks under one time budget (HOOK_TIMEOUT), on the loop or off it (see HookRun)."""
         options = self.options
+        results: dict[str, Any]
         if not options.has_hooks:
-            return run_steps_inline(self._steps(error))
-        from moesif_otel.hook_args import hook_arguments  # starlette import kept off module load
+            results = run_steps_inline(self._steps(error))
+            return results
+        from moesif_otel.hook_args import hook_arguments  # starlette.requests kept off module load
 
         run = HookRun(hook_arguments(self, error), options.hook_timeout)
-        return await run.drive(lambda: self._steps(error))
+        results = await run.drive(lambda: self._steps(error))
+        return results
 
     def _steps(self, error: BaseException | None) -> Step:
         """SKIP, identity, sampling, then the other hooks; the expensive parts only for kept events.
@@ -475,8 +472,6 @@ class Exchange:
             results[A.MOESIF_COMPANY_ID] = self.company_id
         config = self.config
         if config is not None and config.samples:
-            from moesif_otel.governance import request_facts
-
             status = self.status or (500 if error is not None else None)
             rate = config.sample_rate(request_facts(self), status)
             if rate < 100:
@@ -610,7 +605,7 @@ class Exchange:
 def sampled_context(span: Any) -> SpanContext:
     """The span's context, flagged sampled (the SDK's batch processor drops others); the trace id
     is valid even for a span the app's sampler dropped."""
-    span_context = span.get_span_context()
+    span_context: SpanContext = span.get_span_context()
     if span_context.trace_flags.sampled:
         return span_context
     return SpanContext(
@@ -661,6 +656,8 @@ def _bodyless(scope: Scope) -> bool:
     Content-Length of 0, a request has no body. HTTP/2 and 3 frame bodies without either header."""
     if scope.get("http_version") not in ("1.1", "1.0"):
         return False
+    name: bytes
+    value: bytes
     for name, value in scope.get("headers", ()):
         lowered = name.lower()
         if lowered == b"transfer-encoding":
@@ -668,98 +665,3 @@ def _bodyless(scope: Scope) -> bool:
         if lowered == b"content-length":
             return value.strip() == b"0"
     return True
-
-
-def _transaction_id(scope: Scope) -> str:
-    for name, value in scope.get("headers", ()):
-        if name.lower() == TRANSACTION_HEADER:
-            text = value.decode("latin-1").strip()
-            if text and len(text) <= _MAX_TRANSACTION_ID and text.isprintable():
-                return text
-            break
-    return new_transaction_id()
-
-
-def new_transaction_id() -> str:
-    """A random (version 4) UUID. ``uuid.uuid4()`` reads os.urandom, which releases the GIL: on a
-    busy event loop every such call can wait out a background thread's switch interval. These ids
-    are deduplication keys, not secrets; ``random`` is reseeded in forked children."""
-    n = (random.getrandbits(128) & ~(0xF000 << 64) & ~(0xC000 << 48)) | (0x4000 << 64) | (0x8000 << 48)
-    h = f"{n:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def request_headers(scope: Scope) -> dict[str, str]:
-    """Lower-case names, repeated headers joined with ', ' (for decisions made on the event loop)."""
-    headers: dict[str, str] = {}
-    for name, value in scope.get("headers", ()):
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
-    return headers
-
-
-def flat_headers(raw: Any, transaction_id: str | None) -> str:
-    """Headers as one ``name:value`` line each: one string attribute, cheap to set and to check.
-
-    One attribute per header would cost the SDK's per-value validation on every request and run
-    into its attribute-count limit. Names are lower-cased; the exporter joins repeated ones. The
-    transaction id, when given, replaces any incoming value so both header maps carry the event's.
-    """
-    lines: list[str] = []
-    for name, value in raw:
-        key = name.decode("latin-1").lower()
-        if transaction_id is not None and key == "x-moesif-transaction-id":
-            continue
-        text = value.decode("latin-1")
-        if "\n" in text:  # servers reject these; a hand-built scope might not
-            text = text.replace("\r", " ").replace("\n", " ")
-        lines.append(f"{key}:{text}")
-    if transaction_id is not None:
-        lines.append(f"x-moesif-transaction-id:{transaction_id}")
-    return "\n".join(lines)
-
-
-def request_uri(scope: Scope) -> str:
-    """Full URL as the client asked for it: scheme, Host header (or server), raw path, query.
-
-    An absolute-form target (``GET http://other.example:81/p HTTP/1.1``, RFC 9112 3.2.2), which
-    servers pass through as the path, is that URL already.
-    """
-    raw_path = scope.get("raw_path")
-    if raw_path:
-        path = raw_path.decode("latin-1")
-        if "?" in path:  # some servers include the query in raw_path
-            path = path.split("?", 1)[0]
-        absolute = not path.startswith("/") and "://" in path
-    else:
-        path = scope.get("path", "/")  # includes root_path (ASGI spec)
-        absolute = not path.startswith("/") and "://" in path
-        if not absolute:
-            from urllib.parse import quote
-
-            path = quote(path)
-    uri = path if absolute else f"{scope.get('scheme') or 'http'}://{_host(scope)}{path}"
-    query = scope.get("query_string", b"")
-    return f"{uri}?{query.decode('latin-1')}" if query else uri
-
-
-def _host(scope: Scope) -> str:
-    """The Host header, else the server address (the port left out when it is the default)."""
-    scheme = scope.get("scheme") or "http"
-    host = None
-    for name, value in scope.get("headers", ()):
-        if name == b"host" or name.lower() == b"host":
-            host = value.decode("latin-1")
-            break
-    if not host:
-        server = scope.get("server")
-        if server:
-            address, port = server[0], server[1]
-            default = (scheme in ("http", "ws") and port == 80) or (
-                scheme in ("https", "wss") and port == 443
-            )
-            host = address if port is None or default else f"{address}:{port}"
-        else:
-            host = "localhost"
-    return host

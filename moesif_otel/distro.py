@@ -60,14 +60,11 @@ from opentelemetry.sdk.environment_variables import (
     OTEL_BSP_MAX_QUEUE_SIZE,
     OTEL_BSP_SCHEDULE_DELAY,
 )
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from moesif_otel.capture import (
-    ASGIApp,
     CaptureOptions,
     HttpCapture,
-    Receive,
-    Scope,
-    Send,
     flush_before_shutdown_complete,
 )
 from moesif_otel.internals import EntryPoint, configure_sdk, entry_points

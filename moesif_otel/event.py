@@ -27,6 +27,7 @@ from moesif_otel import attributes as A
 from moesif_otel.body import EncodedBody, encode_body, remove_keys
 from moesif_otel.identity import client_ip, user_id_from_authorization
 from moesif_otel.internals import span_attribute_dict
+from moesif_otel.transaction_ids import new_transaction_id
 
 _METHOD_KEYS = (A.HTTP_REQUEST_METHOD, A.OLD_HTTP_METHOD)
 _STATUS_KEYS = (A.HTTP_RESPONSE_STATUS_CODE, A.OLD_HTTP_STATUS_CODE)
@@ -118,7 +119,7 @@ def format_time(ns: int) -> str:
 
 
 def header_map(text: str | None) -> dict[str, str]:
-    """``name:value`` lines (see ``capture.flat_headers``) → names to values, repeats joined by ', '."""
+    """``name:value`` lines (see ``asgi_scope.flat_headers``) → names to values, repeats joined by ', '."""
     result: dict[str, str] = {}
     if not text:
         return result
@@ -309,8 +310,6 @@ def event_document(span: ReadableSpan, options: EventOptions) -> dict[str, Any]:
         event["blocked_by"] = blocked_by
     transaction_id = attrs.get(A.MOESIF_TRANSACTION_ID)
     if transaction_id is None:
-        from moesif_otel.capture import new_transaction_id
-
         transaction_id = new_transaction_id()  # Moesif deduplicates by it: one per event
     event["transaction_id"] = transaction_id
     if span.context is not None and span.context.trace_id:

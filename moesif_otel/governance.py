@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from moesif_otel.appconfig import AppConfig, RequestFacts
-from moesif_otel.capture import request_headers, request_uri
+from moesif_otel.asgi_scope import request_headers, request_uri
 from moesif_otel.identity import client_ip
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ async def govern(exchange: Exchange, config: AppConfig) -> bool:
 def _request_for_hooks(exchange: Exchange) -> Any:
     if exchange.options.identify_user is None and exchange.options.identify_company is None:
         return None
-    from moesif_otel.hook_args import hook_arguments
+    from moesif_otel.hook_args import hook_arguments  # starlette.requests kept off module load
 
     request, _ = hook_arguments(exchange, None)
     return request

@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import Headers
 from starlette.requests import Request
+from starlette.types import Message
 
 if TYPE_CHECKING:
-    from moesif_otel.capture import Exchange, Message
+    from moesif_otel.capture import Exchange
 
 
 class CapturedResponse:

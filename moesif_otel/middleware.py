@@ -20,14 +20,11 @@ from opentelemetry.instrumentation.asgi import get_host_port_url_tuple
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.util.http import ExcludeList, parse_excluded_urls
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from moesif_otel.capture import (
-    ASGIApp,
     CaptureOptions,
     HttpCapture,
-    Receive,
-    Scope,
-    Send,
     SpanHeaders,
     flush_before_shutdown_complete,
     joinable_server_span,

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from moesif_otel import attributes as A
-from moesif_otel.capture import flat_headers
+from moesif_otel.asgi_scope import flat_headers
 from moesif_otel.hooks import TIMED_OUT, Hook, capped_metadata_json, make_hook
 from moesif_otel.logonce import LogOnce
 

@@ -22,10 +22,10 @@ from typing import Any
 from opentelemetry import metrics, trace
 from opentelemetry.semconv.metrics import MetricInstruments
 from opentelemetry.semconv.metrics.http_metrics import HTTP_SERVER_REQUEST_DURATION
+from starlette.types import Message, Scope, Send
 
 from moesif_otel import attributes as A
 from moesif_otel._version import __version__
-from moesif_otel.capture import Message, Scope, Send
 from moesif_otel.http_semconv import StabilityMode, report_new, report_old, route_template, schema_url
 from moesif_otel.internals import (
     HTTP_DURATION_HISTOGRAM_BUCKETS_NEW,

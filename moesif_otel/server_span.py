@@ -23,10 +23,10 @@ from opentelemetry import context, metrics, propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.http import redact_url, sanitize_method
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from moesif_otel import attributes as A
 from moesif_otel._version import __version__
-from moesif_otel.capture import ASGIApp, Receive, Scope, Send
 from moesif_otel.http_semconv import init_mode, report_new, report_old, schema_url
 from moesif_otel.server_metrics import ServerMetrics
 

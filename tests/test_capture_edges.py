@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
 
 from moesif_otel import MoesifMiddleware
-from moesif_otel.capture import request_uri
+from moesif_otel.asgi_scope import request_uri
 from moesif_otel.collector import Collector
 
 from .servers import serve

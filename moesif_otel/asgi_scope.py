@@ -1,0 +1,86 @@
+"""What moesif_otel reads off an ASGI scope (request headers, URL) and header pairs as text.
+
+A leaf module (nothing of moesif_otel's imported): capture, governance and outgoing capture share
+these, none through another stage's module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from starlette.types import Scope
+
+
+def request_headers(scope: Scope) -> dict[str, str]:
+    """Lower-case names, repeated headers joined with ', ' (for decisions made on the event loop)."""
+    headers: dict[str, str] = {}
+    for name, value in scope.get("headers", ()):
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return headers
+
+
+def flat_headers(raw: Any, transaction_id: str | None) -> str:
+    """Headers as one ``name:value`` line each: one string attribute, cheap to set and to check.
+
+    One attribute per header would cost the SDK's per-value validation on every request and run
+    into its attribute-count limit. Names are lower-cased; the exporter joins repeated ones. The
+    transaction id, when given, replaces any incoming value so both header maps carry the event's.
+    """
+    lines: list[str] = []
+    for name, value in raw:
+        key = name.decode("latin-1").lower()
+        if transaction_id is not None and key == "x-moesif-transaction-id":
+            continue
+        text = value.decode("latin-1")
+        if "\n" in text:  # servers reject these; a hand-built scope might not
+            text = text.replace("\r", " ").replace("\n", " ")
+        lines.append(f"{key}:{text}")
+    if transaction_id is not None:
+        lines.append(f"x-moesif-transaction-id:{transaction_id}")
+    return "\n".join(lines)
+
+
+def request_uri(scope: Scope) -> str:
+    """Full URL as the client asked for it: scheme, Host header (or server), raw path, query.
+
+    An absolute-form target (``GET http://other.example:81/p HTTP/1.1``, RFC 9112 3.2.2), which
+    servers pass through as the path, is that URL already.
+    """
+    raw_path = scope.get("raw_path")
+    if raw_path:
+        path = raw_path.decode("latin-1")
+        if "?" in path:  # some servers include the query in raw_path
+            path = path.split("?", 1)[0]
+        absolute = not path.startswith("/") and "://" in path
+    else:
+        path = scope.get("path", "/")  # includes root_path (ASGI spec)
+        absolute = not path.startswith("/") and "://" in path
+        if not absolute:
+            path = quote(path)
+    uri = path if absolute else f"{scope.get('scheme') or 'http'}://{_host(scope)}{path}"
+    query = scope.get("query_string", b"")
+    return f"{uri}?{query.decode('latin-1')}" if query else uri
+
+
+def _host(scope: Scope) -> str:
+    """The Host header, else the server address (the port left out when it is the default)."""
+    scheme = scope.get("scheme") or "http"
+    host = None
+    for name, value in scope.get("headers", ()):
+        if name == b"host" or name.lower() == b"host":
+            host = value.decode("latin-1")
+            break
+    if not host:
+        server = scope.get("server")
+        if server:
+            address, port = server[0], server[1]
+            default = (scheme in ("http", "ws") and port == 80) or (
+                scheme in ("https", "wss") and port == 443
+            )
+            host = address if port is None or default else f"{address}:{port}"
+        else:
+            host = "localhost"
+    return host
