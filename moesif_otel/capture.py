@@ -119,7 +119,10 @@ class SpanHeaders:
         if self.request:
             attrs.update(
                 collect_custom_headers_attributes(
-                    scope, self.sanitize, self.request, normalise_request_header_name
+                    scope,  # type: ignore[arg-type]  # OTel annotates dict; it only reads the scope
+                    self.sanitize,
+                    self.request,
+                    normalise_request_header_name,
                 )
             )
         if self.response and response_headers:
@@ -454,11 +457,13 @@ class Exchange:
         """The hooks under one time budget (HOOK_TIMEOUT), on the loop or off it (see HookRun)."""
         options = self.options
         if not options.has_hooks:
-            return run_steps_inline(self._steps(error))
+            done: dict[str, Any] = run_steps_inline(self._steps(error))
+            return done
         from moesif_otel.hook_args import hook_arguments  # starlette import kept off module load
 
         run = HookRun(hook_arguments(self, error), options.hook_timeout)
-        return await run.drive(lambda: self._steps(error))
+        driven: dict[str, Any] = await run.drive(lambda: self._steps(error))
+        return driven
 
     def _steps(self, error: BaseException | None) -> Step:
         """SKIP, identity, sampling, then the other hooks; the expensive parts only for kept events.
@@ -607,7 +612,7 @@ class Exchange:
             self.span.set_status(Status(StatusCode.ERROR))
 
 
-def sampled_context(span: Any) -> SpanContext:
+def sampled_context(span: trace.Span) -> SpanContext:
     """The span's context, flagged sampled (the SDK's batch processor drops others); the trace id
     is valid even for a span the app's sampler dropped."""
     span_context = span.get_span_context()
@@ -661,6 +666,8 @@ def _bodyless(scope: Scope) -> bool:
     Content-Length of 0, a request has no body. HTTP/2 and 3 frame bodies without either header."""
     if scope.get("http_version") not in ("1.1", "1.0"):
         return False
+    name: bytes
+    value: bytes
     for name, value in scope.get("headers", ()):
         lowered = name.lower()
         if lowered == b"transfer-encoding":
@@ -671,6 +678,8 @@ def _bodyless(scope: Scope) -> bool:
 
 
 def _transaction_id(scope: Scope) -> str:
+    name: bytes
+    value: bytes
     for name, value in scope.get("headers", ()):
         if name.lower() == TRANSACTION_HEADER:
             text = value.decode("latin-1").strip()

@@ -30,7 +30,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from datetime import timezone
 
@@ -242,7 +242,7 @@ class Delivery:
         self.budget = budget
         self._idle_exit = idle_exit
         self._users = 0  # exporters sharing it (shared_delivery); the last one shuts it down
-        self._key: tuple | None = None
+        self._key: tuple[Hashable, ...] | None = None
         self._closed = False  # no more submits
         self._stopped = False  # workers exit; nothing left to deliver
         self._reset_state()
@@ -428,7 +428,7 @@ class Delivery:
         with _shared_lock:
             self._users -= 1
             last = self._users <= 0
-            if last and _shared.get(self._key) is self:
+            if last and self._key is not None and _shared.get(self._key) is self:
                 del _shared[self._key]
         if last:
             self.shutdown(timeout)
@@ -446,7 +446,7 @@ class Delivery:
 
     def _drop_pending(self, tally: Tally | None) -> int:
         """Drop pending batches (all, or ``tally``'s), counted as "shutdown" (lock held)."""
-        mine = (lambda b: True) if tally is None else (lambda b: b.tally is tally)
+        mine: Callable[[_Batch], bool] = (lambda b: True) if tally is None else (lambda b: b.tally is tally)
         ready = [b for b in self._ready if mine(b)]
         waiting = [entry for entry in self._waiting if mine(entry[2])]
         held = [b for b in self._in_flight if mine(b)]
@@ -742,11 +742,11 @@ class Delivery:
         _log.debug("Moesif delivery stats: %s", self.stats())
 
 
-_shared: dict[tuple, Delivery] = {}
+_shared: dict[tuple[Hashable, ...], Delivery] = {}
 _shared_lock = threading.Lock()
 
 
-def shared_delivery(key: tuple, make: Callable[[], Delivery]) -> Delivery:
+def shared_delivery(key: tuple[Hashable, ...], make: Callable[[], Delivery]) -> Delivery:
     """The process's Delivery for ``key`` (collector, application id and the settings that shape
     delivery), made on first use and reference-counted: an app that builds a middleware per test
     shares one set of threads and connections instead of keeping one per middleware until exit.

@@ -17,7 +17,7 @@ import json
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, final
 
 from moesifapi.models import EventModel, EventRequestModel, EventResponseModel
 from opentelemetry.sdk.trace import ReadableSpan
@@ -48,6 +48,7 @@ class EventOptions:
     response_body_masks: frozenset[str] = frozenset()
 
 
+@final
 class CapturedRecord:
     """One captured call, handed straight to the Moesif processor (or the SDK's batch processor in
     front of a Moesif exporter): the fields of a finished ``ReadableSpan`` that they and this module
@@ -72,7 +73,7 @@ class CapturedRecord:
         self.end_time = end
 
 
-def span_attributes(span: ReadableSpan) -> Mapping[str, Any]:
+def span_attributes(span: ReadableSpan | CapturedRecord) -> Mapping[str, Any]:
     """The span's attributes, read-only, as cheaply as the SDK allows.
 
     ``span.attributes`` is a proxy over the SDK's ``BoundedAttributes``, whose every lookup and

@@ -433,7 +433,7 @@ class HookRun:
                 if self.expired:
                     value = job.call() if isinstance(job, Job) else None
                 elif not job.offloop:  # a fast sync hook: inline, no task switch (the common case)
-                    value = job.call_inline(*self.args)  # type: ignore[union-attr]
+                    value = job.call_inline(*self.args)
                     if type(value) is Pending:
                         value = await self._on_loop(job, value.awaitable)
                 elif job.is_async:
@@ -595,7 +595,8 @@ def metadata_steps(hook: Hook, value: Any) -> Generator[Hook | Job, Any, str | N
         return None
     if json_size(value, _INLINE_METADATA) <= _INLINE_METADATA:
         return capped_metadata_json(hook, value)
-    return (yield Job(lambda: capped_metadata_json(hook, value)))
+    text: str | None = yield Job(lambda: capped_metadata_json(hook, value))
+    return text
 
 
 def capped_metadata_json(hook: Hook, value: Any, limit: int = METADATA_LIMIT) -> str | None:

@@ -107,8 +107,9 @@ class _Source:
 
     def __init__(self, owner: object, stats: Callable[[], Stats], index: int) -> None:
         self.owner = weakref.ref(owner)
-        self._stats: Callable[[], Stats | None] = (
-            weakref.WeakMethod(stats) if hasattr(stats, "__self__") else lambda: stats  # type: ignore[assignment]
+        # the stats method, held weakly (None once its owner is gone); a plain function, strongly
+        self._stats: Callable[[], Callable[[], Stats] | None] = (
+            weakref.WeakMethod(stats) if hasattr(stats, "__self__") else lambda: stats
         )
         self.attributes = {PIPELINE: index}
         self._lock = threading.Lock()

@@ -177,14 +177,14 @@ class Settings:
         ):
             if value < low:
                 raise ConfigurationError(f"{names.get(key, key)} must be >= {low}, got {value!r}")
-        for key, value in (
+        for key, seconds in (
             ("EVENT_BATCH_TIMEOUT", self.event_batch_timeout),
             ("SHUTDOWN_TIMEOUT", self.shutdown_timeout),
             ("HOOK_TIMEOUT", self.hook_timeout),
         ):
-            if value <= 0:
+            if seconds <= 0:
                 raise ConfigurationError(
-                    f"{names.get(key, key)} must be a positive number of seconds, got {value!r}"
+                    f"{names.get(key, key)} must be a positive number of seconds, got {seconds!r}"
                 )
         if not self.base_uri.startswith(("http://", "https://")):
             name = names.get("BASE_URI", "BASE_URI")
