@@ -33,9 +33,11 @@ from collections import deque
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from datetime import timezone
+from typing import Literal
 
 from moesif_otel.logonce import LogOnce
 from moesif_otel.transport import HttpTransport, Response, TransportError
+from moesif_otel.types import PayloadOutcome
 
 __all__ = [
     "ByteBudget",
@@ -140,7 +142,7 @@ class ShutdownClock:
         self.deadline = None
 
 
-OnDone = Callable[[str, Response | None], None]
+OnDone = Callable[[PayloadOutcome, Response | None], None]
 """``on_done(outcome, response)``: called once per submit with the final outcome, one of "sent",
 "rejected", "retry_exhausted", "queue_full", "shutdown" (or "error"), and the collector's last
 answer (None when there was none). Runs on a worker thread (on the submitting thread when the
@@ -286,7 +288,7 @@ class Delivery:
         called exactly once, also when the payload is refused (before ``submit`` returns False).
         ``tally`` (see :func:`new_tally`) gets this payload's counts next to the delivery's totals.
         """
-        cause = "error"
+        cause: PayloadOutcome | Literal["bytes_full", ""] = "error"
         budget = self.budget
         try:
             batch = _Batch(
@@ -314,7 +316,7 @@ class Delivery:
                     )
         except Exception as exc:
             self._warnings.warning("submit", "Moesif delivery could not queue a payload: %r", exc)
-            self._call_on_done(on_done, cause, None)
+            self._call_on_done(on_done, "queue_full" if cause == "bytes_full" else cause or "error", None)
             return False
         if cause:
             self._call_on_done(on_done, "queue_full" if cause == "bytes_full" else cause, None)
@@ -609,6 +611,7 @@ class Delivery:
         status = response.status if response is not None else 0
         retry_after = None
         now = delay = 0.0
+        outcome: Literal["sent", "rejected", "retry", "exhausted"]
         if response is not None and 200 <= status <= 299:
             outcome = "sent"
         elif failure == "error":
@@ -674,7 +677,9 @@ class Delivery:
         batch.done = True
         return True
 
-    def _call_on_done(self, on_done: OnDone | None, outcome: str, response: Response | None) -> None:
+    def _call_on_done(
+        self, on_done: OnDone | None, outcome: PayloadOutcome, response: Response | None
+    ) -> None:
         if on_done is None:
             return
         try:

@@ -27,6 +27,7 @@ from moesif_otel import attributes as A
 from moesif_otel.body import EncodedBody, encode_body, remove_keys
 from moesif_otel.identity import client_ip, user_id_from_authorization
 from moesif_otel.internals import span_attribute_dict
+from moesif_otel.types import Direction
 
 _METHOD_KEYS = (A.HTTP_REQUEST_METHOD, A.OLD_HTTP_METHOD)
 _STATUS_KEYS = (A.HTTP_RESPONSE_STATUS_CODE, A.OLD_HTTP_STATUS_CODE)
@@ -201,7 +202,7 @@ def event_document(span: ReadableSpan, options: EventOptions) -> dict[str, Any]:
         uri = attrs.get(A.MOESIF_REQUEST_URI) or _semconv_uri(attrs)
         start_ns = attrs.get(A.MOESIF_REQUEST_TIME) or span.start_time or 0  # set by outgoing capture
         end_ns = attrs.get(A.MOESIF_RESPONSE_TIME) or span.end_time or start_ns
-        direction = attrs.get(A.MOESIF_DIRECTION) or (
+        direction: Direction = attrs.get(A.MOESIF_DIRECTION) or (
             "Outgoing" if span.kind == SpanKind.CLIENT else "Incoming"
         )
     else:

@@ -31,6 +31,7 @@ import anyio.to_thread
 from anyio.lowlevel import RunVar
 
 from moesif_otel.logonce import LogOnce
+from moesif_otel.types import HookKind
 
 logger = logging.getLogger("moesif_otel")
 
@@ -69,7 +70,7 @@ def _flag(value: Any) -> Any:
 
 
 # How each kind of hook result is checked: returns the value to use, or _MISSING when wrong.
-CHECKS: dict[str, Callable[[Any], Any]] = {"text": _text, "mapping": _mapping, "flag": _flag}
+CHECKS: dict[HookKind, Callable[[Any], Any]] = {"text": _text, "mapping": _mapping, "flag": _flag}
 
 
 class HookTimeout(TimeoutError):
@@ -91,7 +92,7 @@ class Hook:
         "offloop",
     )
 
-    def __init__(self, name: str, fn: Callable[..., Any], expected: str) -> None:
+    def __init__(self, name: str, fn: Callable[..., Any], expected: HookKind) -> None:
         self.name = name
         self.fn = fn
         self.expected = expected
@@ -628,5 +629,5 @@ def metadata_json(hook: Hook, value: Any) -> str | None:
         return None
 
 
-def make_hook(name: str, fn: Callable[..., Any] | None, expected: str) -> Hook | None:
+def make_hook(name: str, fn: Callable[..., Any] | None, expected: HookKind) -> Hook | None:
     return Hook(name, fn, expected) if fn is not None else None
