@@ -12,6 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SNIPPETS = Path(__file__).resolve().parent / "typing"
+CONFIGURATION = ROOT / "docs" / "configuration.md"
 
 
 def mypy(*paths: str) -> subprocess.CompletedProcess[str]:
@@ -36,3 +37,14 @@ def test_hook_aliases_reject_hooks_that_do_not_fit() -> None:
     done = mypy(str(bad))
     reported = {int(n) for n in re.findall(r"hooks_bad\.py:(\d+): error", done.stdout)}
     assert marked and reported == marked, done.stdout + done.stderr
+
+
+def test_the_documented_hook_annotation_type_checks(tmp_path: Path) -> None:
+    docs = CONFIGURATION.read_text()
+    section = docs[docs.index("**Type hints:**") :]
+    start = section.index("```python\n") + len("```python\n")
+    example = section[start : section.index("\n```", start)]
+    assert "IDENTIFY_USER: IdentifyUser" in example
+    (tmp_path / "docs_example.py").write_text(example + "\n")
+    done = mypy(str(tmp_path / "docs_example.py"))
+    assert done.returncode == 0, done.stdout + done.stderr
