@@ -714,14 +714,16 @@ class AppConfig:
                     return rate
             user_id = facts.user_id
             if user_id is not None and self._user_rates:
-                rate = self._user_rates.get(user_id if isinstance(user_id, str) else str(user_id))
-                if rate is not None:
-                    return rate
+                user_rate = self._user_rates.get(user_id if isinstance(user_id, str) else str(user_id))
+                if user_rate is not None:
+                    return user_rate
             company_id = facts.company_id
             if company_id is not None and self._company_rates:
-                rate = self._company_rates.get(company_id if isinstance(company_id, str) else str(company_id))
-                if rate is not None:
-                    return rate
+                company_rate = self._company_rates.get(
+                    company_id if isinstance(company_id, str) else str(company_id)
+                )
+                if company_rate is not None:
+                    return company_rate
         except Exception as exc:  # never let sampling break a request; keep the event
             _warn_once(f"sampling failed ({type(exc).__name__}: {exc}); event kept")
             return 100

@@ -602,7 +602,7 @@ class Exchange:
             self.span.set_status(Status(StatusCode.ERROR))
 
 
-def sampled_context(span: Any) -> SpanContext:
+def sampled_context(span: trace.Span) -> SpanContext:
     """The span's context, flagged sampled (the SDK's batch processor drops others); the trace id
     is valid even for a span the app's sampler dropped."""
     span_context: SpanContext = span.get_span_context()

@@ -55,7 +55,9 @@ class ConfigSync:
         self._init_thread_state()
         ref = weakref.ref(self)
         if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=lambda: (s := ref()) is not None and s._init_thread_state())
+            os.register_at_fork(
+                after_in_child=lambda: None if (s := ref()) is None else s._init_thread_state()
+            )
 
     def _init_thread_state(self) -> None:
         self._lock = threading.Lock()

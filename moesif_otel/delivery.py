@@ -30,12 +30,14 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from datetime import timezone
+from typing import Literal
 
 from moesif_otel.logonce import LogOnce
 from moesif_otel.transport import HttpTransport, Response, TransportError
+from moesif_otel.types import PayloadOutcome
 
 __all__ = [
     "ByteBudget",
@@ -140,7 +142,7 @@ class ShutdownClock:
         self.deadline = None
 
 
-OnDone = Callable[[str, Response | None], None]
+OnDone = Callable[[PayloadOutcome, Response | None], None]
 """``on_done(outcome, response)``: called once per submit with the final outcome, one of "sent",
 "rejected", "retry_exhausted", "queue_full", "shutdown" (or "error"), and the collector's last
 answer (None when there was none). Runs on a worker thread (on the submitting thread when the
@@ -242,7 +244,7 @@ class Delivery:
         self.budget = budget
         self._idle_exit = idle_exit
         self._users = 0  # exporters sharing it (shared_delivery); the last one shuts it down
-        self._key: tuple | None = None
+        self._key: tuple[Hashable, ...] | None = None
         self._closed = False  # no more submits
         self._stopped = False  # workers exit; nothing left to deliver
         self._reset_state()
@@ -286,7 +288,7 @@ class Delivery:
         called exactly once, also when the payload is refused (before ``submit`` returns False).
         ``tally`` (see :func:`new_tally`) gets this payload's counts next to the delivery's totals.
         """
-        cause = "error"
+        cause: PayloadOutcome | Literal["bytes_full", ""] = "error"
         budget = self.budget
         try:
             batch = _Batch(
@@ -314,7 +316,7 @@ class Delivery:
                     )
         except Exception as exc:
             self._warnings.warning("submit", "Moesif delivery could not queue a payload: %r", exc)
-            self._call_on_done(on_done, cause, None)
+            self._call_on_done(on_done, "queue_full" if cause == "bytes_full" else cause or "error", None)
             return False
         if cause:
             self._call_on_done(on_done, "queue_full" if cause == "bytes_full" else cause, None)
@@ -428,7 +430,7 @@ class Delivery:
         with _shared_lock:
             self._users -= 1
             last = self._users <= 0
-            if last and _shared.get(self._key) is self:
+            if last and self._key is not None and _shared.get(self._key) is self:
                 del _shared[self._key]
         if last:
             self.shutdown(timeout)
@@ -446,7 +448,7 @@ class Delivery:
 
     def _drop_pending(self, tally: Tally | None) -> int:
         """Drop pending batches (all, or ``tally``'s), counted as "shutdown" (lock held)."""
-        mine = (lambda b: True) if tally is None else (lambda b: b.tally is tally)
+        mine: Callable[[_Batch], bool] = (lambda b: True) if tally is None else (lambda b: b.tally is tally)
         ready = [b for b in self._ready if mine(b)]
         waiting = [entry for entry in self._waiting if mine(entry[2])]
         held = [b for b in self._in_flight if mine(b)]
@@ -609,6 +611,7 @@ class Delivery:
         status = response.status if response is not None else 0
         retry_after = None
         now = delay = 0.0
+        outcome: Literal["sent", "rejected", "retry", "exhausted"]
         if response is not None and 200 <= status <= 299:
             outcome = "sent"
         elif failure == "error":
@@ -674,7 +677,9 @@ class Delivery:
         batch.done = True
         return True
 
-    def _call_on_done(self, on_done: OnDone | None, outcome: str, response: Response | None) -> None:
+    def _call_on_done(
+        self, on_done: OnDone | None, outcome: PayloadOutcome, response: Response | None
+    ) -> None:
         if on_done is None:
             return
         try:
@@ -742,11 +747,11 @@ class Delivery:
         _log.debug("Moesif delivery stats: %s", self.stats())
 
 
-_shared: dict[tuple, Delivery] = {}
+_shared: dict[tuple[Hashable, ...], Delivery] = {}
 _shared_lock = threading.Lock()
 
 
-def shared_delivery(key: tuple, make: Callable[[], Delivery]) -> Delivery:
+def shared_delivery(key: tuple[Hashable, ...], make: Callable[[], Delivery]) -> Delivery:
     """The process's Delivery for ``key`` (collector, application id and the settings that shape
     delivery), made on first use and reference-counted: an app that builds a middleware per test
     shares one set of threads and connections instead of keeping one per middleware until exit.

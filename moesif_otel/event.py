@@ -17,7 +17,7 @@ import json
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, final
 
 from moesifapi.models import EventModel, EventRequestModel, EventResponseModel
 from opentelemetry.sdk.trace import ReadableSpan
@@ -28,6 +28,7 @@ from moesif_otel.body import EncodedBody, encode_body, remove_keys
 from moesif_otel.identity import client_ip, user_id_from_authorization
 from moesif_otel.internals import span_attribute_dict
 from moesif_otel.transaction_ids import new_transaction_id
+from moesif_otel.types import Direction
 
 _METHOD_KEYS = (A.HTTP_REQUEST_METHOD, A.OLD_HTTP_METHOD)
 _STATUS_KEYS = (A.HTTP_RESPONSE_STATUS_CODE, A.OLD_HTTP_STATUS_CODE)
@@ -49,6 +50,7 @@ class EventOptions:
     response_body_masks: frozenset[str] = frozenset()
 
 
+@final
 class CapturedRecord:
     """One captured call, handed straight to the Moesif processor (or the SDK's batch processor in
     front of a Moesif exporter): the fields of a finished ``ReadableSpan`` that they and this module
@@ -73,7 +75,7 @@ class CapturedRecord:
         self.end_time = end
 
 
-def span_attributes(span: ReadableSpan) -> Mapping[str, Any]:
+def span_attributes(span: ReadableSpan | CapturedRecord) -> Mapping[str, Any]:
     """The span's attributes, read-only, as cheaply as the SDK allows.
 
     ``span.attributes`` is a proxy over the SDK's ``BoundedAttributes``, whose every lookup and
@@ -201,7 +203,7 @@ def event_document(span: ReadableSpan, options: EventOptions) -> dict[str, Any]:
         uri = attrs.get(A.MOESIF_REQUEST_URI) or _semconv_uri(attrs)
         start_ns = attrs.get(A.MOESIF_REQUEST_TIME) or span.start_time or 0  # set by outgoing capture
         end_ns = attrs.get(A.MOESIF_RESPONSE_TIME) or span.end_time or start_ns
-        direction = attrs.get(A.MOESIF_DIRECTION) or (
+        direction: Direction = attrs.get(A.MOESIF_DIRECTION) or (
             "Outgoing" if span.kind == SpanKind.CLIENT else "Incoming"
         )
     else:

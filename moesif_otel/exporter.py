@@ -15,7 +15,7 @@ import os
 import threading
 import weakref
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -174,7 +174,7 @@ class MoesifSpanExporter(SpanExporter):
         self._shutdown = False
         self._closing = False  # a shutdown is under way: its deadline bounds conversion
 
-    def _delivery_key(self) -> tuple:
+    def _delivery_key(self) -> tuple[Hashable, ...]:
         s = self.settings
         return (
             s.collector_uri,
@@ -442,7 +442,9 @@ class MoesifSpanExporter(SpanExporter):
                 if isinstance(part, dict) and part.pop("body", None) is not None:
                     part.pop("transfer_encoding", None)
                     notes[f"{side}_body"] = "omitted: event over 1 MB"
-            metadata = event.get("metadata") if isinstance(event.get("metadata"), dict) else {}
+            metadata = event.get("metadata")
+            if not isinstance(metadata, dict):
+                metadata = {}
             event["metadata"] = {**metadata, "moesif_otel": {**metadata.get("moesif_otel", {}), **notes}}
             data = jsoncodec.dumps(event)
             if len(data) <= MAX_EVENT_BYTES:

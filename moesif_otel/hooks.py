@@ -31,6 +31,7 @@ import anyio.to_thread
 from anyio.lowlevel import RunVar
 
 from moesif_otel.logonce import LogOnce
+from moesif_otel.types import HookKind
 
 logger = logging.getLogger("moesif_otel")
 
@@ -69,7 +70,7 @@ def _flag(value: Any) -> Any:
 
 
 # How each kind of hook result is checked: returns the value to use, or _MISSING when wrong.
-CHECKS: dict[str, Callable[[Any], Any]] = {"text": _text, "mapping": _mapping, "flag": _flag}
+CHECKS: dict[HookKind, Callable[[Any], Any]] = {"text": _text, "mapping": _mapping, "flag": _flag}
 
 
 class HookTimeout(TimeoutError):
@@ -91,7 +92,7 @@ class Hook:
         "offloop",
     )
 
-    def __init__(self, name: str, fn: Callable[..., Any], expected: str) -> None:
+    def __init__(self, name: str, fn: Callable[..., Any], expected: HookKind) -> None:
         self.name = name
         self.fn = fn
         self.expected = expected
@@ -433,7 +434,7 @@ class HookRun:
                 if self.expired:
                     value = job.call() if isinstance(job, Job) else None
                 elif not job.offloop:  # a fast sync hook: inline, no task switch (the common case)
-                    value = job.call_inline(*self.args)  # type: ignore[union-attr]
+                    value = job.call_inline(*self.args)
                     if type(value) is Pending:
                         value = await self._on_loop(job, value.awaitable)
                 elif job.is_async:
@@ -595,7 +596,8 @@ def metadata_steps(hook: Hook, value: Any) -> Generator[Hook | Job, Any, str | N
         return None
     if json_size(value, _INLINE_METADATA) <= _INLINE_METADATA:
         return capped_metadata_json(hook, value)
-    return (yield Job(lambda: capped_metadata_json(hook, value)))
+    text: str | None = yield Job(lambda: capped_metadata_json(hook, value))
+    return text
 
 
 def capped_metadata_json(hook: Hook, value: Any, limit: int = METADATA_LIMIT) -> str | None:
@@ -627,5 +629,5 @@ def metadata_json(hook: Hook, value: Any) -> str | None:
         return None
 
 
-def make_hook(name: str, fn: Callable[..., Any] | None, expected: str) -> Hook | None:
+def make_hook(name: str, fn: Callable[..., Any] | None, expected: HookKind) -> Hook | None:
     return Hook(name, fn, expected) if fn is not None else None

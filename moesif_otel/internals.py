@@ -88,7 +88,7 @@ def http_stability_mode() -> StabilityMode:
     that everyone in the process reads the variable once and agrees. If they go, the drop-in's
     span cannot start (AttributeError at the middleware's construction) until this is adapted.
     """
-    _OpenTelemetrySemanticConventionStability._initialize()
+    _OpenTelemetrySemanticConventionStability._initialize()  # type: ignore[no-untyped-call]  # OTel: unannotated
     return _OpenTelemetrySemanticConventionStability._get_opentelemetry_stability_opt_in_mode(
         _OpenTelemetryStabilitySignalType.HTTP
     )
@@ -211,4 +211,5 @@ def configure_sdk(version: str) -> None:
     """
     from opentelemetry.sdk._configuration import _OTelSDKConfigurator
 
-    _OTelSDKConfigurator().configure(auto_instrumentation_version=version)
+    configurator = _OTelSDKConfigurator()  # type: ignore[no-untyped-call]  # OTel: unannotated
+    configurator.configure(auto_instrumentation_version=version)  # type: ignore[no-untyped-call]

@@ -70,7 +70,8 @@ def excluded_urls() -> ExcludeList | None:
 
 def _url(scope: Scope) -> str:
     """The URL OTel's ASGI instrumentation matches excluded URLs against (no query string)."""
-    return get_host_port_url_tuple(scope)[2]
+    url: str = get_host_port_url_tuple(scope)[2]  # type: ignore[no-untyped-call]  # OTel: unannotated
+    return url
 
 
 class MoesifMiddleware:

@@ -174,7 +174,7 @@ def is_moesif_sdk_call(headers: Any) -> bool:
 
 
 def body_attributes(
-    attrs: dict[str, Any], data: bytes | None, *, request: bool, options: OutgoingOptions
+    attrs: dict[str, Any], data: bytes | bytearray | None, *, request: bool, options: OutgoingOptions
 ) -> None:
     """Size always; content up to the cap when LOG_BODY_OUTGOING."""
     if data is None:

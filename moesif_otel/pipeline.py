@@ -71,7 +71,7 @@ class Pipeline:
         exporter.app_config.start()
         pipeline = cls(settings, exporter, processor, tracer_provider, owns, owns_processor=not existing)
         ref = weakref.ref(pipeline)
-        atexit.register(lambda: (p := ref()) is not None and p.shutdown())
+        atexit.register(lambda: None if (p := ref()) is None else p.shutdown())
         _live[:] = [*(r for r in _live if r() is not None), ref]
         _hook_sigterm()
         register_self_metrics(pipeline, meter_provider)  # nothing without a real meter provider

@@ -181,7 +181,7 @@ def _document(item: Any, kind: _Kind, where: str, *, single: bool) -> dict[str, 
         )
         raise TypeError(f"{where}: expected a {kind.model.__name__}, a dict or a JSON object, got {what}")
     # a top-level None means "not given", as in the models
-    doc = _jsonable({k: v for k, v in raw.items() if v is not None}, where)
+    doc: dict[str, Any] = _jsonable({k: v for k, v in raw.items() if v is not None}, where)
     for field in (kind.id_field, *(kind.single_required if single else ())):
         value = doc.get(field)
         if isinstance(value, int) and not isinstance(value, bool):
@@ -362,7 +362,14 @@ class ProfilesClient:
         for path, body, count in payloads:
             future: asyncio.Future[None] = loop.create_future()
 
-            def on_done(outcome: str, response: Response | None, *, _f=future, _p=path, _n=count) -> None:
+            def on_done(
+                outcome: str,
+                response: Response | None,
+                *,
+                _f: asyncio.Future[None] = future,
+                _p: str = path,
+                _n: int = count,
+            ) -> None:
                 with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
                     loop.call_soon_threadsafe(_settle, _f, outcome, response, _p, _n)
 

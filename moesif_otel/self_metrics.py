@@ -29,6 +29,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from moesif_otel._version import __version__
 from moesif_otel.logonce import LogOnce
 from moesif_otel.server_metrics import real_meter_provider
+from moesif_otel.types import EventOutcome
 
 _log = LogOnce(logging.getLogger("moesif_otel"))
 
@@ -42,11 +43,16 @@ Reading = Callable[[Stats], Iterable[tuple[int, dict[str, Any]]]]
 
 
 def _outcomes(stats: Stats) -> Iterable[tuple[int, dict[str, Any]]]:
-    yield stats.get("sent", 0), {OUTCOME: "sent"}
-    yield stats.get("sampled_out_outgoing", 0), {OUTCOME: "sampled_out"}
+    yield stats.get("sent", 0), _labels("sent")
+    yield stats.get("sampled_out_outgoing", 0), _labels("sampled_out")
     for key in sorted(stats):
         if key.startswith("dropped_"):
-            yield stats[key], {OUTCOME: "dropped", ERROR_TYPE: key[len("dropped_") :]}
+            yield stats[key], _labels("dropped", key[len("dropped_") :])
+
+
+def _labels(outcome: EventOutcome, cause: str | None = None) -> dict[str, Any]:
+    """A point's attributes; ``cause`` is a :data:`~moesif_otel.types.DropCause` (a stats() key)."""
+    return {OUTCOME: outcome} if cause is None else {OUTCOME: outcome, ERROR_TYPE: cause}
 
 
 def _key(name: str) -> Reading:
@@ -107,8 +113,9 @@ class _Source:
 
     def __init__(self, owner: object, stats: Callable[[], Stats], index: int) -> None:
         self.owner = weakref.ref(owner)
-        self._stats: Callable[[], Stats | None] = (
-            weakref.WeakMethod(stats) if hasattr(stats, "__self__") else lambda: stats  # type: ignore[assignment]
+        # the stats method, held weakly (None once its owner is gone); a plain function, strongly
+        self._stats: Callable[[], Callable[[], Stats] | None] = (
+            weakref.WeakMethod(stats) if hasattr(stats, "__self__") else lambda: stats
         )
         self.attributes = {PIPELINE: index}
         self._lock = threading.Lock()

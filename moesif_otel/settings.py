@@ -11,9 +11,23 @@ import difflib
 import importlib
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+from moesif_otel.types import (
+    GetMetadata,
+    GetMetadataOutgoing,
+    GetSessionToken,
+    GetSessionTokenOutgoing,
+    IdentifyCompany,
+    IdentifyCompanyOutgoing,
+    IdentifyUser,
+    IdentifyUserOutgoing,
+    MaskEventModel,
+    Skip,
+    SkipOutgoing,
+)
 
 logger = logging.getLogger("moesif_otel")
 
@@ -73,45 +87,45 @@ class Settings:
     authorization_user_id_field: str = _setting(
         "AUTHORIZATION_USER_ID_FIELD", "sub", "str", "JWT claim holding the user id."
     )
-    identify_user: Callable[..., Any] | None = _setting(
+    identify_user: IdentifyUser | None = _setting(
         "IDENTIFY_USER", None, "hook", "(request, response) -> user id."
     )
-    identify_company: Callable[..., Any] | None = _setting(
+    identify_company: IdentifyCompany | None = _setting(
         "IDENTIFY_COMPANY", None, "hook", "(request, response) -> company id."
     )
-    get_session_token: Callable[..., Any] | None = _setting(
+    get_session_token: GetSessionToken | None = _setting(
         "GET_SESSION_TOKEN", None, "hook", "(request, response) -> session token."
     )
-    get_metadata: Callable[..., Any] | None = _setting(
+    get_metadata: GetMetadata | None = _setting(
         "GET_METADATA", None, "hook", "(request, response) -> dict of metadata."
     )
-    skip: Callable[..., Any] | None = _setting("SKIP", None, "hook", "(request, response) -> True to skip.")
+    skip: Skip | None = _setting("SKIP", None, "hook", "(request, response) -> True to skip.")
     hook_timeout: float = _setting(
         "HOOK_TIMEOUT",
         1.0,
         "float",
         "Time budget (s) for all the hooks of one request; past it, missing values are left out.",
     )
-    mask_event_model: Callable[..., Any] | None = _setting(
+    mask_event_model: MaskEventModel | None = _setting(
         "MASK_EVENT_MODEL", None, "hook", "(EventModel) -> EventModel, to remove sensitive data."
     )
     capture_outgoing_requests: bool = _setting(
         "CAPTURE_OUTGOING_REQUESTS", False, "bool", "Capture calls made with `requests` (and httpx)."
     )
     log_body_outgoing: bool = _setting("LOG_BODY_OUTGOING", True, "bool", "Capture bodies of outgoing calls.")
-    identify_user_outgoing: Callable[..., Any] | None = _setting(
+    identify_user_outgoing: IdentifyUserOutgoing | None = _setting(
         "IDENTIFY_USER_OUTGOING", None, "hook", "(req, res) -> user id of an outgoing call."
     )
-    identify_company_outgoing: Callable[..., Any] | None = _setting(
+    identify_company_outgoing: IdentifyCompanyOutgoing | None = _setting(
         "IDENTIFY_COMPANY_OUTGOING", None, "hook", "(req, res) -> company id of an outgoing call."
     )
-    get_session_token_outgoing: Callable[..., Any] | None = _setting(
+    get_session_token_outgoing: GetSessionTokenOutgoing | None = _setting(
         "GET_SESSION_TOKEN_OUTGOING", None, "hook", "(req, res) -> session token of an outgoing call."
     )
-    get_metadata_outgoing: Callable[..., Any] | None = _setting(
+    get_metadata_outgoing: GetMetadataOutgoing | None = _setting(
         "GET_METADATA_OUTGOING", None, "hook", "(req, res) -> metadata dict of an outgoing call."
     )
-    skip_outgoing: Callable[..., Any] | None = _setting(
+    skip_outgoing: SkipOutgoing | None = _setting(
         "SKIP_OUTGOING", None, "hook", "(req, res) -> True to skip an outgoing call."
     )
     request_body_masks: tuple[str, ...] = _setting(
@@ -177,14 +191,14 @@ class Settings:
         ):
             if value < low:
                 raise ConfigurationError(f"{names.get(key, key)} must be >= {low}, got {value!r}")
-        for key, value in (
+        for key, seconds in (
             ("EVENT_BATCH_TIMEOUT", self.event_batch_timeout),
             ("SHUTDOWN_TIMEOUT", self.shutdown_timeout),
             ("HOOK_TIMEOUT", self.hook_timeout),
         ):
-            if value <= 0:
+            if seconds <= 0:
                 raise ConfigurationError(
-                    f"{names.get(key, key)} must be a positive number of seconds, got {value!r}"
+                    f"{names.get(key, key)} must be a positive number of seconds, got {seconds!r}"
                 )
         if not self.base_uri.startswith(("http://", "https://")):
             name = names.get("BASE_URI", "BASE_URI")

@@ -131,7 +131,7 @@ class HttpTransport:
         all_headers.update(self._fixed_headers)
 
         reused = self._conn is not None
-        if reused and (self._conn.sock is None or _readable(self._conn.sock)):
+        if self._conn is not None and (self._conn.sock is None or _readable(self._conn.sock)):
             self.close()  # the server closed it while idle: don't even try
             reused = False
         while True:
