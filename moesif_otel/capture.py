@@ -622,7 +622,7 @@ def sampled_context(span: Any) -> SpanContext:
     )
 
 
-def body_value(captured: bytearray) -> str | bytes:
+def body_value(captured: bytes | bytearray) -> str | bytes:
     """Text when the bytes are UTF-8 (what every span exporter can carry), else the bytes."""
     try:
         return captured.decode("utf-8")
@@ -705,13 +705,15 @@ def flat_headers(raw: Any, transaction_id: str | None) -> str:
     One attribute per header would cost the SDK's per-value validation on every request and run
     into its attribute-count limit. Names are lower-cased; the exporter joins repeated ones. The
     transaction id, when given, replaces any incoming value so both header maps carry the event's.
+    Names and values are bytes (ASGI, httpx) or text (requests); bytes are Latin-1, which is
+    lossless here: HTTP/1 clients and servers send nothing else.
     """
     lines: list[str] = []
     for name, value in raw:
-        key = name.decode("latin-1").lower()
+        key = (name.decode("latin-1") if type(name) is bytes else str(name)).lower()
         if transaction_id is not None and key == "x-moesif-transaction-id":
             continue
-        text = value.decode("latin-1")
+        text = value.decode("latin-1") if type(value) is bytes else str(value)
         if "\n" in text:  # servers reject these; a hand-built scope might not
             text = text.replace("\r", " ").replace("\n", " ")
         lines.append(f"{key}:{text}")
