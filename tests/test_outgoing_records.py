@@ -273,3 +273,90 @@ def test_capture_on_span_writes_outgoing_bodies_and_headers_onto_the_client_span
     assert attrs["http.response.body.size"] == len(BODY)
     assert "authorization:Bearer token-secret" in attrs["moesif.request.headers"].split("\n")
     assert "set-cookie:sid=setcookie-secret" in attrs["moesif.response.headers"].split("\n")
+
+
+@pytest.mark.parametrize("client", ["requests", "httpx"])
+def test_other_exporters_get_the_client_headers_otel_is_told_to_capture_sanitized(
+    collector: Collector, upstream: str, client: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST", "authorization,cookie")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE", "set-cookie")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS", "authorization,.*cookie")
+    apm = Apm()
+    with capturing(collector, apm):  # the instrumentations read the variables when instrumenting
+        CLIENTS[client](f"{upstream}/login", SENT_HEADERS, BODY)
+        [event] = collector.wait_for_events(1)
+    assert_moesif_got_everything(event)
+    [span] = client_spans(apm)
+    attrs = span.attributes or {}
+    assert attrs["http.request.header.authorization"] == ("[REDACTED]",)
+    assert attrs["http.request.header.cookie"] == ("[REDACTED]",)
+    assert attrs["http.response.header.set_cookie"] == ("[REDACTED]",)
+    text = span_text(span)
+    assert not [s for s in SECRETS if s in text], text
+
+
+# -- one hook runner, no import cycle ------------------------------------------------------------------
+
+
+def test_a_slow_sync_hook_of_an_async_client_does_not_block_the_event_loop(
+    collector: Collector, upstream: str
+) -> None:
+    """The *_OUTGOING hooks of httpx.AsyncClient run as capture runs hooks: a sync hook starts off the
+    loop (until known fast), so a slow one does not stop the app's other tasks."""
+
+    async def main() -> float:
+        done = asyncio.Event()
+        gaps: list[float] = []
+
+        async def ticker() -> None:
+            last = time.monotonic()
+            while not done.is_set():
+                await asyncio.sleep(0.01)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        task = asyncio.create_task(ticker())
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"{upstream}/json?q=slow")).status_code == 200
+        done.set()
+        await task
+        return max(gaps)
+
+    apm = Apm()
+    with capturing(collector, apm, IDENTIFY_USER_OUTGOING=slow_user):
+        longest_gap = asyncio.run(main())
+        [event] = collector.wait_for_events(1)
+    assert event["user_id"] == "slow-user"
+    assert longest_gap < HOOK_SECONDS * 0.75, longest_gap  # the loop kept running during the 200 ms hook
+
+
+def test_client_modules_do_not_import_outgoing() -> None:
+    """outgoing.py imports the client modules; they and the leaf they share import it back never."""
+    import ast
+    from pathlib import Path
+
+    import moesif_otel
+
+    package = Path(moesif_otel.__file__).parent
+    modules = sorted(package.glob("outgoing_*.py"))
+    assert {m.stem for m in modules} >= {"outgoing_requests", "outgoing_httpx"}
+    for module in modules:
+        name = module.stem
+        tree = ast.parse(module.read_text())
+        imported: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+                imported.update(f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+        assert not imported & {
+            "moesif_otel.outgoing",
+            "moesif_otel.outgoing_requests",
+            "moesif_otel.outgoing_httpx",
+        }, (
+            name,
+            imported,
+        )
