@@ -24,7 +24,12 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from moesif_otel import attributes as A
-from moesif_otel.internals import httpx_transport_stream, replace_span_end, set_httpx_transport_stream
+from moesif_otel.internals import (
+    httpx_transport_stream,
+    replace_span_end,
+    restore_span_end,
+    set_httpx_transport_stream,
+)
 from moesif_otel.outgoing_record import OutgoingCall, OutgoingOptions, failed, take_over
 
 UPLOAD_NOTE = "not captured: streamed upload"
@@ -144,6 +149,7 @@ class PendingResponse:
             self.body += chunk[:room]
 
     def instrumentation_end(self, end_time: int | None = None) -> None:
+        restore_span_end(self.call.span)
         with self._lock:
             self._ended = True
             recorded = self._recorded

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from moesif_otel.internals import replace_span_end, requests_read_content
+from moesif_otel.internals import replace_span_end, requests_read_content, restore_span_end
 from moesif_otel.outgoing_record import OutgoingCall, OutgoingOptions, failed, take_over
 
 STREAM_NOTE = "not captured: stream=True, the app reads the body itself"
@@ -80,12 +80,18 @@ def record_response(span: Any, request: Any, response: Any) -> None:
         else:
             call.omitted(STREAM_NOTE, request=False)
         call.completed()
-        real_end = span.end
-
-        def end(end_time: int | None = None) -> None:
-            real_end(end_time)
-            call.finish(request, response)
-
-        replace_span_end(span, end)
     except Exception:
         failed("requests response hook")
+        return
+    real_end = span.end
+
+    def end(end_time: int | None = None) -> None:
+        restore_span_end(span)
+        real_end(end_time)
+        call.finish(request, response)
+
+    try:
+        replace_span_end(span, end)
+    except Exception:  # no way to run after the span's end: run the hooks now, inside it
+        failed("requests response hook (span end)")
+        call.finish(request, response)

@@ -213,10 +213,11 @@ def test_the_client_span_ends_with_the_exchange_not_after_the_hooks(
         assert event["user_id"] in ("slow-user", "slow-async-user")  # the hook's value reaches Moesif
         span = spans[int(event["trace_id"], 16)]
         assert span.end_time is not None and span.start_time is not None
-        # a local exchange takes milliseconds: the span is not 200 ms long (wide margin for a loaded box)
-        assert span.end_time - span.start_time < 120_000_000, (span.end_time - span.start_time) / 1e6
+        # a local exchange takes milliseconds; with the hook inside, the span would last 200 ms or more
+        # (the margin is for a loaded 2-core machine)
+        assert span.end_time - span.start_time < HOOK_SECONDS * 1e9, (span.end_time - span.start_time) / 1e6
         # the event's response time (ms) and the span's end describe the same moment
-        assert abs(span.end_time - ms(event["response"]["time"])) < 60_000_000
+        assert abs(span.end_time - ms(event["response"]["time"])) < HOOK_SECONDS * 0.75e9
 
 
 # -- (3) what other exporters see --------------------------------------------------------------------
@@ -329,7 +330,7 @@ def test_a_slow_sync_hook_of_an_async_client_does_not_block_the_event_loop(
         longest_gap = asyncio.run(main())
         [event] = collector.wait_for_events(1)
     assert event["user_id"] == "slow-user"
-    assert longest_gap < HOOK_SECONDS * 0.75, longest_gap  # the loop kept running during the 200 ms hook
+    assert longest_gap < HOOK_SECONDS * 0.9, longest_gap  # the loop kept running during the 200 ms hook
 
 
 def test_client_modules_do_not_import_outgoing() -> None:
