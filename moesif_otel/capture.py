@@ -710,16 +710,24 @@ def flat_headers(raw: Any, transaction_id: str | None) -> str:
     """
     lines: list[str] = []
     for name, value in raw:
-        key = (name.decode("latin-1") if type(name) is bytes else str(name)).lower()
+        try:
+            key = name.decode("latin-1").lower()
+            text = value.decode("latin-1")
+        except AttributeError:  # text: the bytes path stays as cheap as it was
+            key = _header_text(name).lower()
+            text = _header_text(value)
         if transaction_id is not None and key == "x-moesif-transaction-id":
             continue
-        text = value.decode("latin-1") if type(value) is bytes else str(value)
         if "\n" in text:  # servers reject these; a hand-built scope might not
             text = text.replace("\r", " ").replace("\n", " ")
         lines.append(f"{key}:{text}")
     if transaction_id is not None:
         lines.append(f"x-moesif-transaction-id:{transaction_id}")
     return "\n".join(lines)
+
+
+def _header_text(value: Any) -> str:
+    return value.decode("latin-1") if isinstance(value, (bytes, bytearray)) else str(value)
 
 
 def request_uri(scope: Scope) -> str:
