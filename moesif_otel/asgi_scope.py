@@ -28,19 +28,29 @@ def flat_headers(raw: Any, transaction_id: str | None) -> str:
     One attribute per header would cost the SDK's per-value validation on every request and run
     into its attribute-count limit. Names are lower-cased; the exporter joins repeated ones. The
     transaction id, when given, replaces any incoming value so both header maps carry the event's.
+    Names and values are bytes (ASGI, httpx) or text (requests); bytes are Latin-1, which is
+    lossless here: HTTP/1 clients and servers send nothing else.
     """
     lines: list[str] = []
     for name, value in raw:
-        key = name.decode("latin-1").lower()
+        try:
+            key = name.decode("latin-1").lower()
+            text = value.decode("latin-1")
+        except AttributeError:  # text: the bytes path stays as cheap as it was
+            key = _header_text(name).lower()
+            text = _header_text(value)
         if transaction_id is not None and key == "x-moesif-transaction-id":
             continue
-        text = value.decode("latin-1")
         if "\n" in text:  # servers reject these; a hand-built scope might not
             text = text.replace("\r", " ").replace("\n", " ")
         lines.append(f"{key}:{text}")
     if transaction_id is not None:
         lines.append(f"x-moesif-transaction-id:{transaction_id}")
     return "\n".join(lines)
+
+
+def _header_text(value: Any) -> str:
+    return value.decode("latin-1") if isinstance(value, (bytes, bytearray)) else str(value)
 
 
 def request_uri(scope: Scope) -> str:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import context, trace
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.http import (
     OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS,
     OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST,
@@ -44,7 +44,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from moesif_otel import attributes as A
 from moesif_otel.appconfig import AppConfig, keep, weight_for
 from moesif_otel.asgi_scope import flat_headers, request_headers, request_uri
-from moesif_otel.event import CapturedRecord
+from moesif_otel.event import CapturedRecord, body_value, sampled_context
 from moesif_otel.governance import govern, request_facts
 from moesif_otel.hooks import Hook, HookRun, Step, metadata_steps, run_steps_inline
 from moesif_otel.http_semconv import names as semconv_names
@@ -62,7 +62,6 @@ _DRAIN_TIMEOUT = 1.0
 # MoesifMiddleware-wrapped app in-process (TestClient, httpx.ASGITransport) runs that app with the
 # outer request's span current: the inner request must get its own span, not write onto that one.
 _CAPTURING: contextvars.ContextVar[Any] = contextvars.ContextVar("moesif_otel.capturing", default=None)
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 
 
 def joinable_server_span() -> bool:
@@ -600,29 +599,6 @@ class Exchange:
             if new:
                 attrs[A.ERROR_TYPE] = type(error).__qualname__ if error is not None else str(status)
             self.span.set_status(Status(StatusCode.ERROR))
-
-
-def sampled_context(span: trace.Span) -> SpanContext:
-    """The span's context, flagged sampled (the SDK's batch processor drops others); the trace id
-    is valid even for a span the app's sampler dropped."""
-    span_context: SpanContext = span.get_span_context()
-    if span_context.trace_flags.sampled:
-        return span_context
-    return SpanContext(
-        span_context.trace_id,
-        span_context.span_id,
-        span_context.is_remote,
-        _SAMPLED,
-        span_context.trace_state,
-    )
-
-
-def body_value(captured: bytearray) -> str | bytes:
-    """Text when the bytes are UTF-8 (what every span exporter can carry), else the bytes."""
-    try:
-        return captured.decode("utf-8")
-    except UnicodeDecodeError:
-        return bytes(captured)
 
 
 def flush_before_shutdown_complete(

@@ -211,7 +211,7 @@ class MoesifDistro(BaseDistro):  # type: ignore[misc]
         _state.options = _capture_options(settings)
         _state.shutdown_timeout = settings.shutdown_timeout
         if settings.capture_outgoing_requests:
-            _state.outgoing = OutgoingOptions.from_settings(settings)
+            _state.outgoing = OutgoingOptions.from_settings(settings, submit=_submit)
 
     def load_instrumentor(self, entry_point: EntryPoint, **kwargs: Any) -> None:
         self._register_self_metrics()  # the configurators have run by now

@@ -21,7 +21,7 @@ from typing import Any, final
 
 from moesifapi.models import EventModel, EventRequestModel, EventResponseModel
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanContext, SpanKind, TraceFlags
 
 from moesif_otel import attributes as A
 from moesif_otel.body import EncodedBody, encode_body, remove_keys
@@ -50,6 +50,9 @@ class EventOptions:
     response_body_masks: frozenset[str] = frozenset()
 
 
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+
+
 @final
 class CapturedRecord:
     """One captured call, handed straight to the Moesif processor (or the SDK's batch processor in
@@ -73,6 +76,29 @@ class CapturedRecord:
         self.kind = kind
         self.start_time = start
         self.end_time = end
+
+
+def sampled_context(span: Span) -> SpanContext:
+    """The span's context, flagged sampled (the SDK's batch processor drops others); the trace id
+    is valid even for a span the app's sampler dropped."""
+    span_context: SpanContext = span.get_span_context()
+    if span_context.trace_flags.sampled:
+        return span_context
+    return SpanContext(
+        span_context.trace_id,
+        span_context.span_id,
+        span_context.is_remote,
+        _SAMPLED,
+        span_context.trace_state,
+    )
+
+
+def body_value(captured: bytes | bytearray) -> str | bytes:
+    """Text when the bytes are UTF-8 (what every span exporter can carry), else the bytes."""
+    try:
+        return captured.decode("utf-8")
+    except UnicodeDecodeError:
+        return bytes(captured)
 
 
 def span_attributes(span: ReadableSpan | CapturedRecord) -> Mapping[str, Any]:

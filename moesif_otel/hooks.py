@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 from typing import Any
 
@@ -534,6 +535,29 @@ class HookRun:
         finally:
             slot.finish()
 
+    def run(self, make_steps: Callable[[], Step]) -> Any:
+        """The same steps from a plain thread (a blocking client call, ``requests`` or
+        ``httpx.Client``): every hook here, in order, within the budget. A sync hook cannot be
+        interrupted; once the budget is spent, the hooks not yet called are left out."""
+        steps = make_steps()
+        try:
+            job = next(steps)
+            while True:
+                if isinstance(job, Job):
+                    value = job.call()
+                elif self.expired or (remaining := self.deadline - time.monotonic()) <= 0:
+                    self.expired = True
+                    value = None
+                else:
+                    value = call_hook(job, *self.args, timeout=remaining)
+                    if value is TIMED_OUT:
+                        self.expired = True
+                        job.timed_out(self.timeout)
+                        value = None
+                job = steps.send(value)
+        except StopIteration as stop:
+            return stop.value
+
     def _replay(self, make_steps: Callable[[], Step]) -> Any:
         """The steps again, answered from the values that came back in time; no hook is called."""
         values = dict(self.values)
@@ -544,6 +568,33 @@ class HookRun:
                 job = steps.send(job.call() if isinstance(job, Job) else values.get(job))
         except StopIteration as stop:
             return stop.value
+
+
+_side_lock = threading.Lock()
+_side: ThreadPoolExecutor | None = None
+
+
+def call_hook(hook: Hook, *args: Any, timeout: float | None = None) -> Any:
+    """``Hook.call``, except for an async hook on a thread that runs an event loop.
+
+    That happens when a blocking ``requests`` call sits in an ``async def`` endpoint: the loop is
+    busy in the call, so the hook cannot run on it, nor on a second loop in the same thread.
+    It runs on one side thread (with its own loop and the caller's context) while the caller waits.
+    An awaitable hook gets at most ``timeout`` seconds; past it, :data:`TIMED_OUT`.
+    """
+    if not hook.is_async:
+        return hook.call(*args, timeout=timeout)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return hook.call(*args, timeout=timeout)
+    global _side
+    with _side_lock:
+        if _side is None:
+            _side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moesif-otel-hooks")
+        side = _side
+    context = contextvars.copy_context()
+    return side.submit(context.run, lambda: hook.call(*args, timeout=timeout)).result()
 
 
 def run_steps_inline(steps: Step) -> Any:

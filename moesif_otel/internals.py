@@ -49,6 +49,7 @@ __all__ = [
     "report_new",
     "report_old",
     "requests_read_content",
+    "restore_span_end",
     "schema_url",
     "server_active_requests_count_attrs_new",
     "server_active_requests_count_attrs_old",
@@ -126,14 +127,23 @@ def span_processors(provider: Any) -> tuple[Any, ...]:
 def replace_span_end(span: Any, end: Any) -> None:
     """Make the instrumentation's ``span.end()`` call ``end`` instead (an instance attribute).
 
-    The httpx instrumentation ends the client span when the transport returns, before the app
-    has read the body; holding the end back until the body stream closes is how the body, the
-    response time and the hooks' results get onto the span. The SDK's Span has no ``__slots__``
-    and the instrumentation ends it through ``use_span(..., end_on_exit=True)``, which looks
-    ``end`` up on the instance. If Span gains slots this raises AttributeError, which the
-    response hook logs once: the call is then recorded without its response body.
+    The client instrumentations offer no hook that runs after the span ended. For ``requests`` this
+    is how the *_OUTGOING hooks run right after the CLIENT span's end instead of inside it (on
+    recording and non-recording spans alike). httpx's ends the span when the transport returns,
+    before the app has read the body; with CAPTURE_ON_SPAN, holding the end back until the body
+    stream closes is how the body gets onto the span. The SDK's Span and NonRecordingSpan have no
+    ``__slots__`` and the instrumentations end spans through ``use_span(..., end_on_exit=True)``,
+    which looks ``end`` up on the instance. If a span gains slots this raises AttributeError,
+    logged once: ``requests``' hooks then run inside the span, as before; an httpx span gets no
+    response body.
     """
     span.end = end
+
+
+def restore_span_end(span: Any) -> None:
+    """Undo :func:`replace_span_end` once it served: the replacement refers back to the span (a
+    reference cycle, freed only by the garbage collector, while it stays on the instance)."""
+    vars(span).pop("end", None)
 
 
 # -- httpx ------------------------------------------------------------------------------------------

@@ -1,13 +1,16 @@
 """httpx calls (``Client`` and ``AsyncClient``) as Outgoing events, via opentelemetry-instrumentation-httpx.
 
 The instrumentation wraps the transport, so its response hook sees the response before anyone
-has read its body, and ends the span right after. To record the body without taking it from the
-app, the hook tees the transport's byte stream (bounded, as the app reads it) and holds the
-span's end back until the stream is closed — which httpx does once the body was read, for
-``stream=True`` when the app closes the response. The span then ends with the body, the response
-time and the hooks' results on it. A response the app never closes is recorded when it is garbage
-collected. The tee sees the bytes as sent, so a compressed body is recorded compressed, with its
-Content-Encoding header, as on the server side.
+has read its body, and ends the span right after, as OTel does without us. To record the body
+without taking it from the app, the hook tees the transport's byte stream (bounded, as the app
+reads it); the call is complete when the stream is closed — which httpx does once the body was
+read, for ``stream=True`` when the app closes the response. Then the hooks run (in the app's
+thread, or task for ``AsyncClient``) and the record is submitted. A response the app never closes
+is recorded when it is garbage collected. The tee sees the bytes as sent, so a compressed body is
+recorded compressed, with its Content-Encoding header, as on the server side.
+
+With ``CAPTURE_ON_SPAN`` the span's end is held back until the stream is closed, so that the body
+can be written onto it; it ends before the hooks run.
 
 The *_OUTGOING hooks receive an ``httpx.Request`` and an ``httpx.Response`` rebuilt from what was
 captured (bodies up to ``MAX_BODY_SIZE``): reading them never touches the app's stream.
@@ -16,25 +19,18 @@ captured (bodies up to ``MAX_BODY_SIZE``): reading them never touches the app's 
 from __future__ import annotations
 
 import threading
-import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from moesif_otel import attributes as A
-from moesif_otel.internals import httpx_transport_stream, replace_span_end, set_httpx_transport_stream
-from moesif_otel.outgoing import (
-    OutgoingOptions,
-    arun_hooks,
-    body_attributes,
-    exchange_attributes,
-    failed,
-    header_pairs,
-    is_moesif_sdk_call,
-    request_started,
-    run_hooks,
-    take_over,
+from moesif_otel.internals import (
+    httpx_transport_stream,
+    replace_span_end,
+    restore_span_end,
+    set_httpx_transport_stream,
 )
+from moesif_otel.outgoing_record import OutgoingCall, OutgoingOptions, failed, take_over
 
 UPLOAD_NOTE = "not captured: streamed upload"
 PARTIAL_NOTE = "not captured: the app closed the response before reading all of it"
@@ -53,16 +49,16 @@ def instrument(options: OutgoingOptions, tracer_provider: Any) -> bool:
     take_over(instrumentor, "httpx")
 
     def request_hook(span: Any, request: Any) -> None:
-        request_started(span)
+        OutgoingCall.start(options, span, request.headers)
 
     async def async_request_hook(span: Any, request: Any) -> None:
-        request_started(span)
+        OutgoingCall.start(options, span, request.headers)
 
     def response_hook(span: Any, request: Any, response: Any) -> None:
-        start_recording(span, request, response, options, asynchronous=False)
+        start_recording(span, request, response, asynchronous=False)
 
     async def async_response_hook(span: Any, request: Any, response: Any) -> None:
-        start_recording(span, request, response, options, asynchronous=True)
+        start_recording(span, request, response, asynchronous=True)
 
     instrumentor.instrument(
         tracer_provider=tracer_provider,
@@ -84,25 +80,26 @@ def uninstrument() -> None:
         instrumentor.uninstrument()
 
 
-def start_recording(
-    span: Any, request: Any, response: Any, options: OutgoingOptions, *, asynchronous: bool
-) -> None:
-    """Response hook: tee the body stream and hold the span open until the app is done with it."""
+def start_recording(span: Any, request: Any, response: Any, *, asynchronous: bool) -> None:
+    """Response hook: tee the body stream; the call completes when the app is done with it."""
     try:
-        if not span.is_recording() or is_moesif_sdk_call(request.headers):
+        call = OutgoingCall.take(span)
+        if call is None:
             return
-        pending = PendingResponse(span, request, response, options)
+        pending = PendingResponse(call, request, response)
         stream = response.stream
         inner = httpx_transport_stream(stream)
         if inner is None:  # not httpx's own transport stream: record what is known now
-            pending.attrs[A.MOESIF_RESPONSE_BODY_OMITTED] = NO_TEE_NOTE
+            call.omitted(NO_TEE_NOTE, request=False)
             pending.complete = True
             pending.finish()
             return
         tee = AsyncTee(inner, pending) if asynchronous else SyncTee(inner, pending)
         set_httpx_transport_stream(stream, tee)
         pending.finalizer = weakref.finalize(stream, pending.finish, abandoned=True)
-        replace_span_end(span, pending.instrumentation_end)  # the real end comes with the body
+        if call.options.capture_on_span and span.is_recording():
+            pending.real_end = span.end
+            replace_span_end(span, pending.instrumentation_end)  # the body goes onto it first
     except Exception:
         failed("httpx response hook")
 
@@ -112,21 +109,18 @@ def _raw(headers: Any) -> Any:
 
 
 class PendingResponse:
-    """One response whose span waits for its body."""
+    """One response whose record waits for its body."""
 
-    def __init__(self, span: Any, request: Any, response: Any, options: OutgoingOptions) -> None:
-        self.span = span
-        self.real_end = span.end
-        self.options = options
+    def __init__(self, call: OutgoingCall, request: Any, response: Any) -> None:
+        self.call = call
+        self.options = call.options
+        self.real_end: Any = None  # CAPTURE_ON_SPAN: the span's end, held back until the body is in
         self.method = request.method.decode("ascii", "replace")
         self.url = str(request.url)
         self.request_headers = _raw(request.headers)
         self.response_headers = _raw(response.headers)
         self.status = int(response.status_code)
-        self.attrs = exchange_attributes(
-            self.method, self.url, header_pairs(self.request_headers), self.status
-        )
-        self.attrs[A.MOESIF_RESPONSE_HEADERS] = header_pairs(self.response_headers)
+        call.exchange(self.method, self.url, self.request_headers, self.status, self.response_headers)
         self.request_body = self._request_body(request.stream)
         self.body = bytearray()
         self.size = 0
@@ -141,10 +135,9 @@ class PendingResponse:
 
         if stream is None or isinstance(stream, httpx.ByteStream):
             body = b"".join(stream) if stream is not None else b""  # a ByteStream re-iterates its bytes
-            body_attributes(self.attrs, body, request=True, options=self.options)
+            self.call.body(body, request=True)
             return body[: self.options.max_body_size]
-        if self.options.log_body:
-            self.attrs[A.MOESIF_REQUEST_BODY_OMITTED] = UPLOAD_NOTE
+        self.call.omitted(UPLOAD_NOTE, request=True)
         return None
 
     # -- as the app reads ------------------------------------------------------------------------
@@ -156,6 +149,7 @@ class PendingResponse:
             self.body += chunk[:room]
 
     def instrumentation_end(self, end_time: int | None = None) -> None:
+        restore_span_end(self.call.span)
         with self._lock:
             self._ended = True
             recorded = self._recorded
@@ -164,61 +158,55 @@ class PendingResponse:
 
     # -- when the stream is closed -----------------------------------------------------------------
 
-    def _claim(self) -> bool:
+    def _claim(self, abandoned: bool) -> bool:
+        """The body is in (or never will be): complete the call and end a held span, once."""
         with self._lock:
             if self._recorded:
                 return False
             self._recorded = True
         if self.finalizer is not None:
             self.finalizer.detach()
-        return True
-
-    def _body_attributes(self, abandoned: bool) -> dict[str, Any]:
-        attrs = self.attrs
-        attrs[A.MOESIF_RESPONSE_TIME] = time.time_ns()
-        if A.MOESIF_RESPONSE_BODY_OMITTED in attrs:
-            return attrs
-        if self.complete:
-            attrs[A.HTTP_RESPONSE_BODY_SIZE] = self.size
-            if self.options.log_body and self.body:
-                attrs[A.HTTP_RESPONSE_BODY_CONTENT] = bytes(self.body)
-        elif self.options.log_body:
-            attrs[A.MOESIF_RESPONSE_BODY_OMITTED] = UNREAD_NOTE if abandoned else PARTIAL_NOTE
-        return attrs
-
-    def finish(self, abandoned: bool = False) -> None:
-        """Sync client (or garbage collection): hooks on this thread, then the span ends."""
-        if not self._claim():
-            return
         try:
-            attrs = self._body_attributes(abandoned)
-            if self.options.has_hooks:
-                attrs.update(run_hooks(self.options, *self._hook_arguments()))
-            self.span.set_attributes(attrs)
+            self._body(abandoned)
+            self.call.completed()
         except Exception:
             failed("httpx response recording")
-        self._end()
-
-    async def afinish(self) -> None:
-        """AsyncClient: the same, async hooks awaited on the app's loop."""
-        if not self._claim():
-            return
-        try:
-            attrs = self._body_attributes(False)
-            if self.options.has_hooks:
-                attrs.update(await arun_hooks(self.options, *self._hook_arguments()))
-            self.span.set_attributes(attrs)
-        except Exception:
-            failed("httpx response recording")
-        self._end()
-
-    def _end(self) -> None:
         with self._lock:
             ended = self._ended
-        if ended:
+        if ended and self.real_end is not None:
             self.real_end()
+        return True
 
-    def _hook_arguments(self) -> tuple[Any, Any]:
+    def _body(self, abandoned: bool) -> None:
+        call = self.call
+        if A.MOESIF_RESPONSE_BODY_OMITTED in call.attrs:
+            return
+        if self.complete:
+            call.body(bytes(self.body), request=False)
+            call.attrs[A.HTTP_RESPONSE_BODY_SIZE] = self.size
+        else:
+            call.omitted(UNREAD_NOTE if abandoned else PARTIAL_NOTE, request=False)
+
+    def finish(self, abandoned: bool = False) -> None:
+        """Sync client (or garbage collection): hooks on this thread, then the record."""
+        if self._claim(abandoned):
+            self.call.finish(*self._hook_arguments())
+
+    async def afinish(self) -> None:
+        """AsyncClient: the same, the hooks run as capture runs them on the app's loop."""
+        if self._claim(False):
+            await self.call.afinish(*self._hook_arguments())
+
+    def _hook_arguments(self) -> tuple[Any, ...]:
+        if not self.options.has_hooks:
+            return ()
+        try:
+            return self._rebuilt()
+        except Exception:
+            failed("httpx hook arguments")
+            return (None, None)
+
+    def _rebuilt(self) -> tuple[Any, Any]:
         import httpx
 
         request = httpx.Request(

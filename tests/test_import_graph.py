@@ -20,12 +20,6 @@ import moesif_otel
 
 PACKAGE = moesif_otel.__name__
 
-# Known circle, removed by the outgoing rewrite: outgoing imports its httpx/requests halves, which
-# import outgoing's shared parts back. Delete this exception when that rewrite is merged.
-KNOWN_CYCLES = [
-    frozenset({"moesif_otel.outgoing", "moesif_otel.outgoing_httpx", "moesif_otel.outgoing_requests"}),
-]
-
 
 def _modules() -> dict[str, Path]:
     """Every module of the package (subpackages included), by name, with its source file."""
@@ -173,9 +167,7 @@ def test_import_graph_has_no_cycle() -> None:
     modules = _modules()
     graph = {name: _imported(name, path, modules) for name, path in modules.items()}
     circles = [
-        f"{' -> '.join(path)}  (the group: {', '.join(sorted(group))})"
-        for group, path in _cycles(graph)
-        if not any(group <= known for known in KNOWN_CYCLES)
+        f"{' -> '.join(path)}  (the group: {', '.join(sorted(group))})" for group, path in _cycles(graph)
     ]
     assert not circles, "import circles:\n" + "\n".join(circles)
 

@@ -167,6 +167,21 @@ def test_httpx_async_transport_stream_can_be_replaced_by_a_tee(upstream: str) ->
     assert tee.closed
 
 
+def test_replaced_end_of_a_non_recording_span_and_its_restore() -> None:
+    """outgoing_requests replaces the end of sampled-out CLIENT spans too, and undoes it once called."""
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    span = TracerProvider(sampler=ALWAYS_OFF).get_tracer("t").start_span("dropped")
+    assert not span.is_recording()
+    calls: list[Any] = []
+    internals.replace_span_end(span, lambda end_time=None: calls.append(end_time))
+    with trace.use_span(span, end_on_exit=True):
+        pass
+    assert calls == [None]
+    internals.restore_span_end(span)
+    assert "end" not in vars(span) and span.end.__func__ is type(span).end  # type: ignore[attr-defined]
+
+
 def test_httpx_instrumentation_hook_sees_the_transport_stream_and_ends_through_span_end(
     upstream: str, spans: tuple[TracerProvider, InMemorySpanExporter]
 ) -> None:
