@@ -227,7 +227,7 @@ def event_document(span: ReadableSpan, options: EventOptions) -> dict[str, Any]:
         request_headers = header_map(attrs.get(A.MOESIF_REQUEST_HEADERS))
         response_headers = header_map(attrs.get(A.MOESIF_RESPONSE_HEADERS))
         uri = attrs.get(A.MOESIF_REQUEST_URI) or _semconv_uri(attrs)
-        start_ns = attrs.get(A.MOESIF_REQUEST_TIME) or span.start_time or 0  # set by outgoing capture
+        start_ns = attrs.get(A.MOESIF_REQUEST_TIME) or span.start_time or 0  # an app may set it
         end_ns = attrs.get(A.MOESIF_RESPONSE_TIME) or span.end_time or start_ns
         direction: Direction = attrs.get(A.MOESIF_DIRECTION) or (
             "Outgoing" if span.kind == SpanKind.CLIENT else "Incoming"

@@ -76,7 +76,7 @@ class Settings:
         "CAPTURE_ON_SPAN",
         False,
         "bool",
-        "Also write captured bodies and all headers onto the server span, for the app's other exporters.",
+        "Also write captured bodies and all headers onto the server and client spans, for other exporters.",
     )
     disabled_transaction_id: bool = _setting(
         "DISABLED_TRANSACTION_ID", False, "bool", "Do not add X-Moesif-Transaction-Id."
