@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from moesif_otel.appconfig import AppConfig
+from moesif_otel.forks import reinit_after_fork
 from moesif_otel.logonce import LogOnce
 from moesif_otel.transport import HttpTransport, TransportError
 
@@ -53,9 +52,7 @@ class ConfigSync:
         self._users = 0  # exporters sharing this fetcher (see shared_config / release)
         self._key: tuple[str, str] | None = None
         self._init_thread_state()
-        ref = weakref.ref(self)
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=lambda: (s := ref()) is not None and s._init_thread_state())
+        reinit_after_fork(self._init_thread_state)
 
     def _init_thread_state(self) -> None:
         self._lock = threading.Lock()

@@ -37,6 +37,7 @@ sends every call an app with no Moesif code serves to Moesif, bodies included. D
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -242,13 +243,10 @@ class MoesifDistro(BaseDistro):
 def _capture_options(settings: Settings) -> CaptureOptions:
     """What MoesifMiddleware would use, sharing the exporter's app config (sampling, governance)."""
     from moesif_otel.config_sync import shared_config
-    from moesif_otel.exporter import USER_AGENT
     from moesif_otel.middleware import capture_options
-    from moesif_otel.transport import HttpTransport
+    from moesif_otel.transport import collector_transport
 
-    def transport() -> HttpTransport:
-        return HttpTransport(settings.collector_uri, settings.application_id, user_agent=USER_AGENT)
-
+    transport = functools.partial(collector_transport, settings)
     return capture_options(
         settings, shared_config(settings.collector_uri, settings.application_id, transport), _submit
     )
