@@ -40,7 +40,7 @@ class JsonArray:
         self._pending: list[bytes] = []
         self._pending_size = 0
         self.count = 0
-        self.size = 1  # uncompressed, with "[" and the separators
+        self.size = 1  # the finished payload's uncompressed length: "[", items, separators, "]"
 
     def has_room(self, data: bytes, max_count: int | None = None) -> bool:
         """Whether ``data`` may join: an empty array takes any item (an event is bounded by
@@ -49,7 +49,7 @@ class JsonArray:
             return True
         if max_count is not None and self.count >= max_count:
             return False
-        return self.size + len(data) <= MAX_PAYLOAD_BYTES
+        return self.size + len(data) + 1 <= MAX_PAYLOAD_BYTES  # its separator too
 
     def add(self, data: bytes) -> None:
         self._pending.append(b"," if self.count else b"[")

@@ -18,8 +18,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-MAX_EVENT_BYTES = 1024 * 1024
-"""Moesif's limit on one serialized event (compact JSON, UTF-8)."""
+from moesif_otel.payload import MAX_EVENT_BYTES  # Moesif's "1 MB" per event, as the exporter bounds it
 
 EVENT_KEYS = frozenset(
     {
