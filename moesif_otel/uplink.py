@@ -10,7 +10,7 @@ counted: the last release stops them); each uplink counts its own payloads in it
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 
 from moesif_otel.config_sync import ConfigSync, shared_config
 from moesif_otel.delivery import ByteBudget, Delivery, Tally, new_tally, shared_delivery
@@ -45,7 +45,7 @@ class Uplink:
     def _reset(self) -> None:
         self.tally: Tally = new_tally()  # this user's share of the (shared) delivery's counters
 
-    def _delivery_key(self) -> tuple[object, ...]:
+    def _delivery_key(self) -> tuple[Hashable, ...]:
         s = self.settings
         return (
             s.collector_uri,

@@ -18,7 +18,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from moesif_otel.payload import MAX_EVENT_BYTES  # Moesif's "1 MB" per event, as the exporter bounds it
+# Moesif's "1 MB" per event: the one constant the exporter keeps each event under
+from moesif_otel.payload import MAX_EVENT_BYTES as MAX_EVENT_BYTES
 
 EVENT_KEYS = frozenset(
     {
