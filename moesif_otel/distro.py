@@ -37,7 +37,6 @@ sends every call an app with no Moesif code serves to Moesif, bodies included. D
 
 from __future__ import annotations
 
-import functools
 import importlib
 import logging
 import os
@@ -244,12 +243,8 @@ def _capture_options(settings: Settings) -> CaptureOptions:
     """What MoesifMiddleware would use, sharing the exporter's app config (sampling, governance)."""
     from moesif_otel.config_sync import shared_config
     from moesif_otel.middleware import capture_options
-    from moesif_otel.transport import collector_transport
 
-    transport = functools.partial(collector_transport, settings)
-    return capture_options(
-        settings, shared_config(settings.collector_uri, settings.application_id, transport), _submit
-    )
+    return capture_options(settings, shared_config(settings), _submit)
 
 
 def _submit(record: Any) -> None:

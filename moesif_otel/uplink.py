@@ -31,12 +31,10 @@ class Uplink:
 
     def __init__(self, settings: Settings, delivery: Delivery | None = None) -> None:
         self.settings = settings
-        # a partial, not a method: the shared fetcher and delivery must not hold on to this uplink
+        # a partial, not a method: the shared delivery must not hold on to this uplink
         self.new_transport: Callable[[], HttpTransport] = functools.partial(collector_transport, settings)
         # the app config (sampling, rules) shared with capture; upload answers announce changes
-        self.app_config: ConfigSync = shared_config(
-            settings.collector_uri, settings.application_id, self.new_transport
-        )
+        self.app_config: ConfigSync = shared_config(settings)
         self.shared = delivery is None
         self.delivery = delivery or shared_delivery(self._delivery_key(), self._make_delivery)
         self._reset()
