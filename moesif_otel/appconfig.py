@@ -90,8 +90,10 @@ def weight_for(rate: int) -> int:
 
 
 def keep(trace_id: int, rate: int) -> bool:
-    """Keep or drop by the low 56 bits of the trace id, like OTel's TraceIdRatioBased sampler.
+    """Keep ``rate`` percent of traces: those whose trace id's low 56 bits are below ``rate``% of 2**56.
 
+    The low 56 bits are the part W3C Trace Context (level 2) requires to be random. OTel's
+    TraceIdRatioBased compares the low 64 bits instead, so its decisions differ from these.
     Deterministic per trace, so an incoming call and the outgoing calls it makes are kept or dropped
     together.
     """

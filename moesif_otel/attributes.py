@@ -4,7 +4,10 @@ Capture writes them into the record it hands to the pipeline (``event.CapturedRe
 capture onto CLIENT spans; the converter reads both, and plain OTel spans by the same names.
 
 OpenTelemetry semantic-convention names where one exists, ``moesif.*`` where none does.
-Every module reads and writes attributes through these constants, never through literals.
+moesif_otel's own span and record attributes are read and written through these constants. Two
+kinds of names are not here: the HTTP attributes of the drop-in's server span, which OTel's
+semconv helpers write (see :mod:`moesif_otel.http_semconv`), and the attributes of the
+``moesif_otel.*`` metrics, defined with their instruments in :mod:`moesif_otel.self_metrics`.
 """
 
 from __future__ import annotations

@@ -8,18 +8,19 @@ A request never waits for any of it: it reads :attr:`ConfigSync.current`, an imm
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from moesif_otel.appconfig import AppConfig
+from moesif_otel.forks import reinit_after_fork
 from moesif_otel.logonce import LogOnce
-from moesif_otel.transport import HttpTransport, TransportError
+from moesif_otel.settings import Settings
+from moesif_otel.transport import HttpTransport, TransportError, collector_transport
 
 logger = logging.getLogger("moesif_otel.config")
 
@@ -53,11 +54,7 @@ class ConfigSync:
         self._users = 0  # exporters sharing this fetcher (see shared_config / release)
         self._key: tuple[str, str] | None = None
         self._init_thread_state()
-        ref = weakref.ref(self)
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(
-                after_in_child=lambda: None if (s := ref()) is None else s._init_thread_state()
-            )
+        reinit_after_fork(self._init_thread_state)
 
     def _init_thread_state(self) -> None:
         self._lock = threading.Lock()
@@ -191,15 +188,15 @@ class ConfigSync:
         return parsed, response.headers.get(tag_header)
 
 
-def shared_config(
-    collector_uri: str, application_id: str, factory: Callable[[], HttpTransport]
-) -> ConfigSync:
-    """The process's ConfigSync for this collector and app id: capture and exporter share it."""
-    key = (collector_uri, application_id)
+def shared_config(settings: Settings) -> ConfigSync:
+    """The process's ConfigSync for this collector and app id (BASE_URI, APPLICATION_ID): capture
+    and exporter share it. Each call is one user; :meth:`ConfigSync.release` when done."""
+    key = (settings.collector_uri, settings.application_id)
     with _shared_lock:
         sync = _shared.get(key)
         if sync is None:
-            sync = _shared[key] = ConfigSync(factory)
+            # a partial, not a method: the fetcher must not hold on to whoever asked first
+            sync = _shared[key] = ConfigSync(functools.partial(collector_transport, settings))
             sync._key = key
         sync._users += 1
         return sync

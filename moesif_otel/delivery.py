@@ -24,17 +24,16 @@ import heapq
 import itertools
 import logging
 import math
-import os
 import random
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from datetime import timezone
 from typing import Literal
 
+from moesif_otel.forks import reinit_after_fork
 from moesif_otel.logonce import LogOnce
 from moesif_otel.transport import HttpTransport, Response, TransportError
 from moesif_otel.types import PayloadOutcome
@@ -92,9 +91,7 @@ class ByteBudget:
         self.limit = limit  # EVENT_QUEUE_BYTES, as the user set it (and as logs name it)
         self.capacity = int(limit * (1 - self.ALLOCATOR_SHARE))  # what counted bytes may reach
         self._reset()
-        if hasattr(os, "register_at_fork"):
-            ref = weakref.WeakMethod(self._reset)
-            os.register_at_fork(after_in_child=lambda: (m := ref()) is not None and m())
+        reinit_after_fork(self._reset)
 
     def _reset(self) -> None:
         self.used = 0  # a forked child holds none of the parent's queues
@@ -208,12 +205,6 @@ class _Batch:
     weight: int = 0  # bytes reserved in the budget until the batch's final outcome
 
 
-def _reinit_after_fork(ref: weakref.ref[Delivery]) -> None:
-    delivery = ref()
-    if delivery is not None:
-        delivery._reset_state()
-
-
 class Delivery:
     """Sends submitted payloads from background threads; bounded in memory and in time."""
 
@@ -248,9 +239,7 @@ class Delivery:
         self._closed = False  # no more submits
         self._stopped = False  # workers exit; nothing left to deliver
         self._reset_state()
-        if hasattr(os, "register_at_fork"):
-            ref = weakref.ref(self)
-            os.register_at_fork(after_in_child=lambda: _reinit_after_fork(ref))
+        reinit_after_fork(self._reset_state)
 
     def _reset_state(self) -> None:
         """Fresh locks, backlog, counters and no threads: at init and in a forked child, whose copies

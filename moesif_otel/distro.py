@@ -241,16 +241,9 @@ class MoesifDistro(BaseDistro):  # type: ignore[misc]
 def _capture_options(settings: Settings) -> CaptureOptions:
     """What MoesifMiddleware would use, sharing the exporter's app config (sampling, governance)."""
     from moesif_otel.config_sync import shared_config
-    from moesif_otel.exporter import USER_AGENT
     from moesif_otel.middleware import capture_options
-    from moesif_otel.transport import HttpTransport
 
-    def transport() -> HttpTransport:
-        return HttpTransport(settings.collector_uri, settings.application_id, user_agent=USER_AGENT)
-
-    return capture_options(
-        settings, shared_config(settings.collector_uri, settings.application_id, transport), _submit
-    )
+    return capture_options(settings, shared_config(settings), _submit)
 
 
 def _submit(record: Any) -> None:

@@ -42,9 +42,6 @@ class EventOptions:
     authorization_header_names: tuple[str, ...] = ("authorization",)
     authorization_user_id_field: str = "sub"
     max_body_size: int = 131_072
-    # CLIENT spans that capture did not prepare (e.g. requests instrumented by opentelemetry-instrument)
-    # are calls the user did not ask to capture unless CAPTURE_OUTGOING_REQUESTS is on.
-    plain_client_spans: bool = False
     # REQUEST_BODY_MASKS / RESPONSE_BODY_MASKS: keys removed from outgoing calls' JSON bodies
     request_body_masks: frozenset[str] = frozenset()
     response_body_masks: frozenset[str] = frozenset()
@@ -117,17 +114,18 @@ def span_attributes(span: ReadableSpan | CapturedRecord) -> Mapping[str, Any]:
     return dict(span.attributes or {})
 
 
-def is_api_call(span: ReadableSpan, options: EventOptions | None = None) -> bool:
-    """Cheap filter: an HTTP server (or wanted client) span that was not SKIPped or sampled out."""
+def is_api_call(span: ReadableSpan) -> bool:
+    """Cheap filter, the same in front of every queue (MoesifSpanProcessor) and in the exporter
+    (behind the SDK's batch processor): a captured call, or a plain OTel HTTP server span, that was
+    not SKIPped or recorded. A CLIENT span is an event only when outgoing capture prepared it: the
+    app's other instrumented calls are not calls it asked to capture (CAPTURE_OUTGOING_REQUESTS
+    captures through our own hooks)."""
     attrs = span_attributes(span)
     if attrs.get(A.MOESIF_SKIP) or attrs.get(A.MOESIF_RECORDED):
         return False
     if attrs.get(A.MOESIF_CAPTURED):
         return True
-    if span.kind == SpanKind.CLIENT:
-        if options is None or not options.plain_client_spans:
-            return False
-    elif span.kind != SpanKind.SERVER:
+    if span.kind != SpanKind.SERVER:
         return False
     return any(key in attrs for key in _METHOD_KEYS)
 

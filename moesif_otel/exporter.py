@@ -3,19 +3,16 @@
 A real OTel ``SpanExporter``: it works behind :class:`~moesif_otel.MoesifSpanProcessor`, behind the
 SDK's ``BatchSpanProcessor`` in an existing pipeline, and under ``opentelemetry-instrument`` with
 ``OTEL_TRACES_EXPORTER=moesif`` (constructed without arguments: settings come from ``MOESIF_*``).
-``export`` converts on the calling (background) thread and hands payloads to :class:`Delivery`,
-whose own workers upload, retry and overlap — so a slow collector never stalls the span pipeline.
+``export`` converts on the calling (background) thread and hands payloads to its
+:class:`~moesif_otel.uplink.Uplink` (the pipeline's, or one of its own when used alone), whose
+delivery's workers upload, retry and overlap — so a slow collector never stalls the span pipeline.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 import threading
-import weakref
-import zlib
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,10 +22,8 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from moesif_otel import attributes as A
 from moesif_otel import jsoncodec
-from moesif_otel._version import __version__
 from moesif_otel.appconfig import RequestFacts, keep, weight_for
-from moesif_otel.config_sync import shared_config
-from moesif_otel.delivery import ByteBudget, Delivery, ShutdownClock, Tally, new_tally, shared_delivery
+from moesif_otel.delivery import Delivery, ShutdownClock
 from moesif_otel.event import (
     EventOptions,
     event_document,
@@ -37,19 +32,28 @@ from moesif_otel.event import (
     span_attributes,
     to_event_model,
 )
+from moesif_otel.forks import reinit_after_fork
 from moesif_otel.hooks import HookTimeout, run_awaitable
 from moesif_otel.logonce import LogOnce
+from moesif_otel.payload import MAX_EVENT_BYTES, MAX_PAYLOAD_BYTES, JsonArray
 from moesif_otel.settings import Settings
-from moesif_otel.transport import HttpTransport
+from moesif_otel.transport import USER_AGENT
+from moesif_otel.uplink import Uplink
+
+__all__ = [
+    "EVENTS_PATH",
+    "MAX_EVENT_BYTES",
+    "MAX_PAYLOAD_BYTES",
+    "USER_AGENT",
+    "MoesifSpanExporter",
+    "log_shutdown_summary",
+    "span_weight",
+]
 
 logger = logging.getLogger("moesif_otel")
 
-USER_AGENT = f"moesif-otel-python/{__version__}"
 EVENTS_PATH = "/v1/events/batch"
-MAX_EVENT_BYTES = 1_000_000  # Moesif rejects events over 1 MB
-MAX_PAYLOAD_BYTES = 8_000_000  # uncompressed; far below the 50 MB batch limit
-_GZIP_LEVEL = 1  # most of the size win for a fraction of the CPU
-_ZIP_CHUNK = 256 * 1024  # uncompressed JSON handed to zlib at once
+_EVENT_HEADERS = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
 SPAN_OVERHEAD = 4096  # bytes a finished span holds besides its bodies and header strings (measured ~3 KB)
 _REQUEST_BODY, _RESPONSE_BODY = A.HTTP_REQUEST_BODY_CONTENT, A.HTTP_RESPONSE_BODY_CONTENT
 _REQUEST_HEADERS, _RESPONSE_HEADERS = A.MOESIF_REQUEST_HEADERS, A.MOESIF_RESPONSE_HEADERS
@@ -95,42 +99,6 @@ class _Conversion:
         self.abandoned = False  # counted as dropped_shutdown at the deadline; submits nothing more
 
 
-class _GzipPayload:
-    """A JSON array of events, gzipped as it is built: at most ``_ZIP_CHUNK`` bytes of uncompressed
-    JSON (plus one event) are alive at a time, instead of a whole batch encoded and then compressed
-    (hundreds of MB with big bodies). Not one zlib call per event: zlib releases the GIL on every
-    call, and under load each release cost the exporter a wait for the GIL to come back (the
-    switch interval), which made delivery 20% slower than one call per batch."""
-
-    def __init__(self) -> None:
-        self._zip = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 31)  # wbits 31: gzip framing
-        self._parts: list[bytes] = []
-        self._pending: list[bytes] = []
-        self._pending_size = 0
-        self.count = 0
-        self.size = 1  # uncompressed, with "[" and the separators
-
-    def add(self, data: bytes) -> None:
-        self._pending.append(b"," if self.count else b"[")
-        self._pending.append(data)
-        self._pending_size += len(data) + 1
-        self.count += 1
-        self.size += len(data) + 1
-        if self._pending_size >= _ZIP_CHUNK:
-            self._compress_pending()
-
-    def _compress_pending(self) -> None:
-        self._parts.append(self._zip.compress(b"".join(self._pending)))
-        self._pending.clear()
-        self._pending_size = 0
-
-    def finish(self) -> bytes:
-        self._pending.append(b"]")
-        self._compress_pending()
-        self._parts.append(self._zip.flush())
-        return b"".join(self._parts)
-
-
 class MoesifSpanExporter(SpanExporter):
     """Exports HTTP server/client spans as Moesif API-call events; ignores every other span."""
 
@@ -141,7 +109,10 @@ class MoesifSpanExporter(SpanExporter):
         application_id: str | None = None,
         base_uri: str | None = None,
         delivery: Delivery | None = None,
+        uplink: Uplink | None = None,
     ) -> None:
+        """``uplink``: the pipeline's delivery and app config; without one the exporter makes its
+        own (on ``delivery`` when given, else on the process's shared one for these settings)."""
         if not isinstance(settings, Settings):
             values = dict(settings or {})
             if application_id is not None:
@@ -155,7 +126,6 @@ class MoesifSpanExporter(SpanExporter):
             authorization_header_names=settings.authorization_header_names,
             authorization_user_id_field=settings.authorization_user_id_field,
             max_body_size=settings.max_body_size,
-            plain_client_spans=settings.capture_outgoing_requests,
             request_body_masks=frozenset(settings.request_body_masks),
             response_body_masks=frozenset(settings.response_body_masks),
         )
@@ -164,46 +134,16 @@ class MoesifSpanExporter(SpanExporter):
         self._lock = threading.Lock()
         self._local = threading.local()  # this thread's conversion (abandoned: drops not counted)
         self._reset_counters()
-        if hasattr(os, "register_at_fork"):  # a forked worker counts its own events
-            ref = weakref.WeakMethod(self._reset_counters)
-            os.register_at_fork(after_in_child=lambda: (m := ref()) is not None and m())
-        # the app config (sampling, rules) shared with capture; upload answers announce changes
-        self.app_config = shared_config(settings.collector_uri, settings.application_id, self._new_transport)
-        self._shares_delivery = delivery is None
-        self.delivery = delivery or shared_delivery(self._delivery_key(), self._make_delivery)
+        reinit_after_fork(self._reset_counters)  # a forked worker counts its own events
+        self.uplink = uplink if uplink is not None else Uplink(settings, delivery)
+        self.app_config = self.uplink.app_config  # outgoing calls' sample rate
         self._shutdown = False
         self._closing = False  # a shutdown is under way: its deadline bounds conversion
-
-    def _delivery_key(self) -> tuple[Hashable, ...]:
-        s = self.settings
-        return (
-            s.collector_uri,
-            s.application_id,
-            s.event_worker_count,
-            self._max_pending(),
-            s.event_queue_bytes,
-        )
-
-    def _max_pending(self) -> int:
-        return max(16, self.settings.event_queue_size // max(1, self.settings.batch_size))
-
-    def _make_delivery(self) -> Delivery:
-        # shared by every exporter with the same key: nothing here may hold on to this exporter
-        s, config = self.settings, self.app_config
-        return Delivery(
-            functools.partial(HttpTransport, s.collector_uri, s.application_id, user_agent=USER_AGENT),
-            workers=s.event_worker_count,
-            max_pending=self._max_pending(),
-            on_response=lambda response: config.observe(response.headers),
-            name="moesif",
-            budget=ByteBudget(s.event_queue_bytes),
-        )
 
     def _reset_counters(self) -> None:
         self._warnings = LogOnce(logger)
         self._lock = threading.Lock()
         self._drops = dict.fromkeys(_DROP_COUNTERS, 0)
-        self._tally: Tally = new_tally()  # this exporter's share of the (shared) delivery's counters
         self._jobs: set[_Conversion] = set()
         self.received = 0  # API-call spans handed to export
         self.exported = 0  # events submitted for upload
@@ -228,9 +168,6 @@ class MoesifSpanExporter(SpanExporter):
     sampled_out = _drop_counter("sampled_out")
     del _drop_counter
 
-    def _new_transport(self) -> HttpTransport:
-        return HttpTransport(self.settings.collector_uri, self.settings.application_id, user_agent=USER_AGENT)
-
     # -- SpanExporter -----------------------------------------------------------------------------
 
     def export(
@@ -239,7 +176,7 @@ class MoesifSpanExporter(SpanExporter):
         """Convert and hand over for upload. ``release(bytes)``: the queue that charged these spans
         to EVENT_QUEUE_BYTES (MoesifSpanProcessor) gets each one's weight back once converted; it
         hands over its list, which is emptied so that each span is freed once converted."""
-        calls: list[ReadableSpan | None] = [span for span in spans if is_api_call(span, self.options)]
+        calls: list[ReadableSpan | None] = [span for span in spans if is_api_call(span)]
         if release is not None and isinstance(spans, list):
             spans.clear()
         budget = release
@@ -269,7 +206,7 @@ class MoesifSpanExporter(SpanExporter):
         self, calls: list[ReadableSpan | None], job: _Conversion, budget: Callable[[int], None] | None
     ) -> SpanExportResult:
         ok = True
-        payload = _GzipPayload()
+        payload = JsonArray(gzip=True)
         done = 0  # spans converted (and let go of)
         try:
             for index in range(len(calls)):
@@ -290,11 +227,9 @@ class MoesifSpanExporter(SpanExporter):
                         if not job.abandoned:
                             job.unresolved -= 1
                     continue
-                if payload.count and (
-                    payload.count >= self.settings.batch_size or payload.size + len(data) > MAX_PAYLOAD_BYTES
-                ):
+                if not payload.has_room(data, self.settings.batch_size):
                     ok = self._submit(payload, job) and ok
-                    payload = _GzipPayload()
+                    payload = JsonArray(gzip=True)
                 payload.add(data)
             if payload.count:
                 ok = self._submit(payload, job) and ok
@@ -303,7 +238,7 @@ class MoesifSpanExporter(SpanExporter):
                 budget(sum(span_weight(span) for span in calls[done:] if span is not None))
         return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
 
-    def _submit(self, payload: _GzipPayload, job: _Conversion) -> bool:
+    def _submit(self, payload: JsonArray, job: _Conversion) -> bool:
         count = payload.count
         body = payload.finish()
         with self._lock:
@@ -311,13 +246,7 @@ class MoesifSpanExporter(SpanExporter):
                 return False
             job.unresolved -= count
             self.exported += count
-        return self.delivery.submit(
-            EVENTS_PATH,
-            body,
-            count=count,
-            headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
-            tally=self._tally,
-        )
+        return self.uplink.submit(EVENTS_PATH, body, count=count, headers=_EVENT_HEADERS)
 
     def begin_shutdown(self) -> None:
         """From now on the shutdown clock bounds conversion: past it, events still converting are dropped."""
@@ -343,10 +272,6 @@ class MoesifSpanExporter(SpanExporter):
                 dropped,
             )
         return dropped
-
-    def accepts(self, span: ReadableSpan) -> bool:
-        """Whether ``span`` becomes an event: processors use it to keep other spans out of queues."""
-        return is_api_call(span, self.options)
 
     def _encode(self, span: ReadableSpan) -> bytes | None:
         try:
@@ -460,7 +385,7 @@ class MoesifSpanExporter(SpanExporter):
         return None
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return self.delivery.flush(timeout_millis / 1000, self._tally if self._shares_delivery else None)
+        return self.uplink.flush(timeout_millis / 1000)
 
     def shutdown(self, timeout_millis: int | None = None, *, summary: bool = True) -> None:
         """Deliver what was handed over and stop, within what is left of the shutdown clock
@@ -472,23 +397,19 @@ class MoesifSpanExporter(SpanExporter):
         timeout = self.clock.remaining()
         if timeout_millis is not None:
             timeout = min(timeout, timeout_millis / 1000)
-        if self._shares_delivery:
-            self.delivery.release(timeout, self._tally)
-        else:
-            self.delivery.shutdown(timeout)
+        self.uplink.release(timeout)
         self.abandon_conversions()
-        self.app_config.release()
         if summary:
             log_shutdown_summary(self.stats())
 
     def stats(self) -> dict[str, int]:
         """Counters of this exporter and its share of the delivery: what was captured, sent,
         retried, dropped (by cause) and is still pending, in events."""
-        delivery = self.delivery.stats(self._tally if self._shares_delivery else None)
+        delivery = self.uplink.stats()
         with self._lock:
             converting = sum(job.unresolved for job in self._jobs)
             dropped_shutdown = self.dropped_shutdown
-        budget = self.delivery.budget
+        budget = self.uplink.budget
         return {
             "captured": self.received,
             "events_exported": self.exported,

@@ -94,16 +94,14 @@ class MoesifMiddleware:
             from moesif_otel.outgoing import enable_outgoing_capture
 
             enable_outgoing_capture(self.pipeline)
-        options = capture_options(
-            self.settings, self.pipeline.exporter.app_config, self.pipeline.processor.on_end
-        )
+        options = capture_options(self.settings, self.pipeline.app_config, self.pipeline.processor.on_end)
         self._capture = HttpCapture(app, options)  # onto a server span someone else opened
         self._traced = ServerSpan(
             HttpCapture(app, options, owns_span=True), self.pipeline.tracer_provider, meter_provider
         )
         # users, companies, subscriptions go through this middleware's delivery; the module-level
         # functions (app.add_middleware gives no handle) follow the latest middleware
-        self._profiles = ProfilesClient(self.settings, self.pipeline.exporter.delivery)
+        self._profiles = ProfilesClient(self.settings, self.pipeline.delivery)
         set_middleware_client(self._profiles)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -1,4 +1,5 @@
-"""Wiring: settings → exporter → processor → a TracerProvider, plus flush at exit (atexit and SIGTERM).
+"""Wiring: settings → uplink (delivery, app config, transport) → exporter → processor → a
+TracerProvider, plus flush at exit (atexit and SIGTERM).
 
 Joins the application's SDK TracerProvider when there is one (its other exporters keep working),
 otherwise uses a private provider and leaves the global one alone.
@@ -21,19 +22,25 @@ from opentelemetry.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
-from moesif_otel.delivery import ShutdownClock
+from moesif_otel.config_sync import ConfigSync
+from moesif_otel.delivery import Delivery, ShutdownClock
 from moesif_otel.exporter import MoesifSpanExporter
 from moesif_otel.processor import MoesifSpanProcessor, merge_stats
 from moesif_otel.providers import flush_moesif, moesif_processors
 from moesif_otel.self_metrics import register as register_self_metrics
 from moesif_otel.settings import Settings
+from moesif_otel.uplink import Uplink
 
 logger = logging.getLogger("moesif_otel")
 
 
 @dataclass
 class Pipeline:
+    """One Moesif pipeline: its uplink (the delivery, app config and collector transport that the
+    exporter, capture and profile updates use), its exporter and processor, on a TracerProvider."""
+
     settings: Settings
+    uplink: Uplink
     exporter: MoesifSpanExporter
     processor: SpanProcessor  # ours, or the provider's (e.g. BatchSpanProcessor) when it had one
     tracer_provider: TracerProvider
@@ -63,13 +70,17 @@ class Pipeline:
             # opentelemetry-instrument (OTEL_TRACES_EXPORTER=moesif) or the app itself already
             # exports to Moesif from this provider: a second exporter would send every event twice
             processor, exporter = existing[0]
+            uplink = exporter.uplink  # and its delivery and app config
             logger.info("moesif_otel: the TracerProvider already exports to Moesif; using that exporter")
         else:
-            exporter = MoesifSpanExporter(settings)
+            uplink = Uplink(settings)
+            exporter = MoesifSpanExporter(settings, uplink=uplink)
             processor = MoesifSpanProcessor.for_exporter(exporter)
             tracer_provider.add_span_processor(processor)
-        exporter.app_config.start()
-        pipeline = cls(settings, exporter, processor, tracer_provider, owns, owns_processor=not existing)
+        uplink.app_config.start()
+        pipeline = cls(
+            settings, uplink, exporter, processor, tracer_provider, owns, owns_processor=not existing
+        )
         ref = weakref.ref(pipeline)
         atexit.register(lambda: None if (p := ref()) is None else p.shutdown())
         _live[:] = [*(r for r in _live if r() is not None), ref]
@@ -83,6 +94,16 @@ class Pipeline:
             "own" if owns else "the application's",
         )
         return pipeline
+
+    @property
+    def delivery(self) -> Delivery:
+        """Uploads events (and profile updates) to the collector; shared per collector and settings."""
+        return self.uplink.delivery
+
+    @property
+    def app_config(self) -> ConfigSync:
+        """The Moesif app config (sampling, governance rules), kept current in the background."""
+        return self.uplink.app_config
 
     @property
     def clock(self) -> ShutdownClock:

@@ -11,10 +11,8 @@ wait, bounded by the pipeline's shutdown clock, instead of converting on the cal
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-import weakref
 from collections import deque
 
 from opentelemetry.context import Context
@@ -24,6 +22,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from moesif_otel.delivery import ByteBudget, ShutdownClock
 from moesif_otel.event import is_api_call
 from moesif_otel.exporter import MoesifSpanExporter, log_shutdown_summary, span_weight
+from moesif_otel.forks import reinit_after_fork
 
 logger = logging.getLogger("moesif_otel")
 
@@ -54,14 +53,12 @@ class MoesifSpanProcessor(SpanProcessor):
         moesif = exporter if isinstance(exporter, MoesifSpanExporter) else None
         # EVENT_QUEUE_BYTES: this queue's bytes count against the budget of a Moesif exporter's
         # delivery, so that queue and backlog are bounded together
-        self.budget = budget if budget is not None else (moesif.delivery.budget if moesif else None)
+        self.budget = budget if budget is not None else (moesif.uplink.budget if moesif else None)
         self._charged = moesif is not None and self.budget is not None
         self.clock = clock or (moesif.clock if moesif else ShutdownClock(shutdown_timeout))
         self._shutdown = False
         self._init_state()
-        if hasattr(os, "register_at_fork"):
-            ref = weakref.WeakMethod(self._init_state)
-            os.register_at_fork(after_in_child=lambda: (m := ref()) and m())
+        reinit_after_fork(self._init_state)
 
     @classmethod
     def for_exporter(cls, exporter: MoesifSpanExporter) -> MoesifSpanProcessor:

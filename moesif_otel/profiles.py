@@ -19,6 +19,7 @@ import asyncio
 import atexit
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import math
@@ -32,9 +33,10 @@ from moesifapi.models import CompanyModel, SubscriptionModel, UserModel
 from moesifapi.models.base_model import BaseModel
 
 from moesif_otel.delivery import Delivery
-from moesif_otel.exporter import MAX_PAYLOAD_BYTES, USER_AGENT
+from moesif_otel.payload import json_arrays
 from moesif_otel.settings import ConfigurationError, Settings
-from moesif_otel.transport import HttpTransport, Response
+from moesif_otel.transport import Response, collector_transport
+from moesif_otel.uplink import delivery_backlog
 
 __all__ = [
     "ProfileUpdateError",
@@ -222,18 +224,7 @@ def _prepare_batch(kind: _Kind, items: Any, op: str) -> list[tuple[str, bytes, i
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"{op}: {exc}") from None
     path = kind.path + "/batch"
-    payloads: list[tuple[str, bytes, int]] = []
-    chunk: list[bytes] = []
-    size = 0
-    for data in encoded:
-        if chunk and size + len(data) + 1 > MAX_PAYLOAD_BYTES:
-            payloads.append((path, b"[" + b",".join(chunk) + b"]", len(chunk)))
-            chunk, size = [], 0
-        chunk.append(data)
-        size += len(data) + 1
-    if chunk:
-        payloads.append((path, b"[" + b",".join(chunk) + b"]", len(chunk)))
-    return payloads
+    return [(path, payload, count) for payload, count in json_arrays(encoded)]
 
 
 def _failure(outcome: str, response: Response | None, path: str, count: int) -> ProfileUpdateError:
@@ -277,18 +268,15 @@ class ProfilesClient:
         if delivery is None:
             s = self.settings
             delivery = Delivery(
-                self._new_transport,
+                functools.partial(collector_transport, s),
                 workers=max(1, min(2, s.event_worker_count)),
-                max_pending=max(16, s.event_queue_size // max(1, s.batch_size)),
+                max_pending=delivery_backlog(s),
                 name="moesif-profiles",
             )
             ref = weakref.ref(delivery)
             timeout = s.shutdown_timeout
             atexit.register(lambda: (d := ref()) is not None and d.shutdown(timeout))
         self.delivery = delivery
-
-    def _new_transport(self) -> HttpTransport:
-        return HttpTransport(self.settings.collector_uri, self.settings.application_id, user_agent=USER_AGENT)
 
     # -- fire and forget ---------------------------------------------------------------------------
 

@@ -17,7 +17,6 @@ of one collection satisfy ``captured == sum(events) + queue.size`` like the dict
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable
@@ -27,6 +26,7 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from moesif_otel._version import __version__
+from moesif_otel.forks import reinit_after_fork
 from moesif_otel.logonce import LogOnce
 from moesif_otel.server_metrics import real_meter_provider
 from moesif_otel.types import EventOutcome
@@ -196,8 +196,7 @@ def _after_fork_in_child() -> None:
             source._snapshot = None
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+reinit_after_fork(_after_fork_in_child)
 
 
 def register(source: Any, meter_provider: metrics.MeterProvider | None = None) -> dict[str, int] | None:

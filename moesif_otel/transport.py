@@ -16,10 +16,18 @@ import ssl
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-__all__ = ["HttpTransport", "Response", "TransportError"]
+from moesif_otel._version import __version__
+
+if TYPE_CHECKING:
+    from moesif_otel.settings import Settings
+
+__all__ = ["USER_AGENT", "HttpTransport", "Response", "TransportError", "collector_transport"]
+
+USER_AGENT = f"moesif-otel-python/{__version__}"
 
 # A collector's answer is a few bytes; a bound keeps a misbehaving proxy from filling memory.
 _MAX_RESPONSE_BODY = 1 << 20
@@ -187,3 +195,9 @@ class HttpTransport:
             ) from exc
         self._conn = conn
         return conn
+
+
+def collector_transport(settings: Settings) -> HttpTransport:
+    """The one way moesif_otel connects to its collector (events, profiles, app config): BASE_URI,
+    APPLICATION_ID and our User-Agent. A transport is not thread-safe: one per thread that uses it."""
+    return HttpTransport(settings.collector_uri, settings.application_id, user_agent=USER_AGENT)

@@ -167,7 +167,7 @@ async def test_the_shutdown_clock_starts_when_the_server_asks_the_app_to_shut_do
     middleware = MoesifMiddleware(Starlette(lifespan=lifespan), settings_for(collector, SHUTDOWN_TIMEOUT=1.0))
     made.append(middleware)
     collector.hang()  # nothing is ever delivered: the flush waits for its whole budget
-    middleware.pipeline.exporter.delivery.submit("/v1/events/batch", b"[]", count=1)
+    middleware.pipeline.delivery.submit("/v1/events/batch", b"[]", count=1)
     incoming = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
     times: dict[str, float] = {}
 

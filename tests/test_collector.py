@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from moesif_otel import exporter
 from moesif_otel.collector import DEFAULT_CONFIG, MAX_EVENT_BYTES, Collector, format_event, validate_event
 
 REPO = Path(__file__).resolve().parent.parent
@@ -332,6 +333,15 @@ def test_event_over_one_megabyte_is_invalid() -> None:
     assert "exceeds Moesif's 1 MB limit" in problem
     event["request"]["body"] = "e" * (MAX_EVENT_BYTES // 2)
     assert validate_event(event) == []
+
+
+def test_the_collector_checks_the_event_limit_the_exporter_keeps_to() -> None:
+    """Moesif's "1 MB" is one constant: an event the exporter would not send is not valid here either."""
+    assert MAX_EVENT_BYTES == exporter.MAX_EVENT_BYTES == 1_000_000
+    event = make_event()
+    event["request"]["body"] = "e" * 1_010_000  # over 1,000,000 bytes, under 1 MiB
+    [problem] = validate_event(event)
+    assert "exceeds Moesif's 1 MB limit (1000000 bytes)" in problem
 
 
 @pytest.mark.parametrize(

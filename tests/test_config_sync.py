@@ -43,7 +43,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
 
 def applied(app: Any, etag: str | None = None, rules_tag: str | None = None) -> None:
     """Wait until the app's middleware applies the config with these tags."""
-    sync = find_middleware(app, MoesifMiddleware).pipeline.exporter.app_config
+    sync = find_middleware(app, MoesifMiddleware).pipeline.app_config
 
     def ready() -> bool:
         current = sync.current

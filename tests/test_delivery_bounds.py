@@ -311,7 +311,7 @@ def test_many_middlewares_share_delivery_and_leave_no_threads_behind(collector: 
     try:
         asyncio.run(serve_one_each())
         collector.wait_for_events(200)
-        assert len({id(app.pipeline.exporter.delivery) for app in apps}) == 1
+        assert len({id(app.pipeline.delivery) for app in apps}) == 1
         # left: the shared delivery's two workers and the app config's refresher
         wait_until(lambda: _app_threads() <= baseline + 3, "threads back to baseline", timeout=10)
         assert all(app.stats()["sent"] == 1 for app in apps)  # each counts its own events

@@ -210,8 +210,7 @@ def test_plain_client_span_is_outgoing_from_its_kind() -> None:
         "https://upstream.example/x",
         404,
     )
-    assert not is_api_call(span)  # only when CAPTURE_OUTGOING_REQUESTS asks for plain client spans
-    assert is_api_call(span, EventOptions(plain_client_spans=True))
+    assert not is_api_call(span)  # only a call outgoing capture prepared becomes an event
 
 
 @pytest.mark.parametrize(

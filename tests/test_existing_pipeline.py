@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext, SpanKind
 
-from moesif_otel import MoesifMiddleware, MoesifSpanExporter
+from moesif_otel import MoesifMiddleware, MoesifSpanExporter, MoesifSpanProcessor
 from moesif_otel.collector import Collector
 
 from .servers import serve
@@ -204,3 +204,43 @@ def test_spans_of_any_layout_become_events(collector: Collector) -> None:
     assert events["https://api.test/built"]["response"]["status"] == 202
     assert events["https://api.test/built"]["trace_id"] == f"{0x1F:032x}"
     assert events["http://localhost/sdk"]["response"]["status"] == 200
+
+
+@pytest.mark.parametrize("processor_type", ["batch", "moesif"])
+def test_a_plain_client_span_is_not_an_event_behind_either_processor(
+    collector: Collector, processor_type: str
+) -> None:
+    """A CLIENT span that outgoing capture did not prepare (another instrumentation's call) is not
+    sent, whichever processor is in front of the exporter: the same filter applies to both."""
+    settings = {
+        "APPLICATION_ID": "plain-client",
+        "BASE_URI": collector.url,
+        "CAPTURE_OUTGOING_REQUESTS": True,
+    }
+    exporter = MoesifSpanExporter(settings)
+    processor = (
+        BatchSpanProcessor(exporter, schedule_delay_millis=20)
+        if processor_type == "batch"
+        else MoesifSpanProcessor(exporter, schedule_delay=0.02)
+    )
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("tests.client")
+    try:
+        attributes = {"http.request.method": "GET", "url.full": "https://upstream.example/x"}
+        with tracer.start_as_current_span("GET", kind=SpanKind.CLIENT, attributes=attributes) as span:
+            span.set_attribute("http.response.status_code", 200)
+        # a plain server span in the same batch shows that the exporter did export
+        server = {
+            "http.request.method": "GET",
+            "url.full": "http://app.example/in",
+            "http.response.status_code": 201,
+        }
+        with tracer.start_as_current_span("GET /in", kind=SpanKind.SERVER, attributes=server):
+            pass
+        [event] = collector.wait_for_events(1)
+        assert provider.force_flush(5000) and exporter.force_flush(5000)
+    finally:
+        provider.shutdown()
+    assert (event["direction"], event["request"]["uri"]) == ("Incoming", "http://app.example/in")
+    assert collector.event_count == 1

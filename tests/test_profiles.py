@@ -26,6 +26,7 @@ from moesif_otel import (
     ProfilesClient,
     ProfileUpdateError,
     __version__,
+    payload,
     profiles,
 )
 from moesif_otel.collector import Collector
@@ -234,7 +235,7 @@ def test_middleware_flush_covers_profile_updates(collector: Collector) -> None:
     try:
         collector.set_delay(0.2)
         assert middleware.update_user({"user_id": "flushed"})
-        assert middleware.profiles.delivery is middleware.pipeline.exporter.delivery
+        assert middleware.profiles.delivery is middleware.pipeline.delivery
         assert middleware.flush(5)
         assert [u["user_id"] for u in collector.users] == ["flushed"]
     finally:
@@ -485,7 +486,7 @@ def test_empty_batch_sends_nothing(collector: Collector, client: ProfilesClient)
 def test_large_batches_are_split(
     collector: Collector, client: ProfilesClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(profiles, "MAX_PAYLOAD_BYTES", 120)
+    monkeypatch.setattr(payload, "MAX_PAYLOAD_BYTES", 120)
     users = [{"user_id": f"user-{i:02d}", "metadata": {"pad": "x" * 20}} for i in range(10)]
     asyncio.run(client.update_users_batch_async(users))  # resolves once every part is accepted
     assert sorted(u["user_id"] for u in collector.users) == [u["user_id"] for u in users]

@@ -14,8 +14,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 
+from moesif_otel import __version__
 from moesif_otel import transport as transport_module
-from moesif_otel.transport import HttpTransport, Response, TransportError
+from moesif_otel.collector import Collector
+from moesif_otel.settings import Settings
+from moesif_otel.transport import USER_AGENT, HttpTransport, Response, TransportError, collector_transport
 
 
 @dataclass
@@ -268,3 +271,17 @@ def test_requests_run_with_instrumentation_suppressed(
 def test_rejects_unusable_base_uri(uri: str) -> None:
     with pytest.raises(ValueError):
         HttpTransport(uri, "id", user_agent="ua")
+
+
+def test_the_one_collector_transport_sends_the_settings_app_id_and_our_user_agent() -> None:
+    with Collector() as collector:
+        settings = Settings.from_mapping({"APPLICATION_ID": "factory-app", "BASE_URI": collector.url})
+        transport = collector_transport(settings)
+        try:
+            assert transport.request("GET", "/v1/config").status == 200
+        finally:
+            transport.close()
+        [request] = collector.requests
+    assert (request["method"], request["path"]) == ("GET", "/v1/config")
+    assert request["headers"]["x-moesif-application-id"] == "factory-app"
+    assert request["headers"]["user-agent"] == USER_AGENT == f"moesif-otel-python/{__version__}"

@@ -18,8 +18,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-MAX_EVENT_BYTES = 1024 * 1024
-"""Moesif's limit on one serialized event (compact JSON, UTF-8)."""
+# Moesif's "1 MB" per event: the one constant the exporter keeps each event under
+from moesif_otel.payload import MAX_EVENT_BYTES as MAX_EVENT_BYTES
 
 EVENT_KEYS = frozenset(
     {
