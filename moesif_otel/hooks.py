@@ -539,35 +539,22 @@ class HookRun:
         """The same steps from a plain thread (a blocking client call, ``requests`` or
         ``httpx.Client``): every hook here, in order, within the budget. A sync hook cannot be
         interrupted; once the budget is spent, the hooks not yet called are left out."""
-        steps = make_steps()
-        try:
-            job = next(steps)
-            while True:
-                if isinstance(job, Job):
-                    value = job.call()
-                elif self.expired or (remaining := self.deadline - time.monotonic()) <= 0:
-                    self.expired = True
-                    value = None
-                else:
-                    value = call_hook(job, *self.args, timeout=remaining)
-                    if value is TIMED_OUT:
-                        self.expired = True
-                        job.timed_out(self.timeout)
-                        value = None
-                job = steps.send(value)
-        except StopIteration as stop:
-            return stop.value
+        return answer_steps(make_steps(), self._call_here)
+
+    def _call_here(self, hook: Hook) -> Any:
+        if self.expired or (remaining := self.deadline - time.monotonic()) <= 0:
+            self.expired = True
+            return None
+        value = call_hook(hook, *self.args, timeout=remaining)
+        if value is TIMED_OUT:
+            self.expired = True
+            hook.timed_out(self.timeout)
+            return None
+        return value
 
     def _replay(self, make_steps: Callable[[], Step]) -> Any:
         """The steps again, answered from the values that came back in time; no hook is called."""
-        values = dict(self.values)
-        steps = make_steps()
-        try:
-            job = next(steps)
-            while True:
-                job = steps.send(job.call() if isinstance(job, Job) else values.get(job))
-        except StopIteration as stop:
-            return stop.value
+        return answer_steps(make_steps(), dict(self.values).get)
 
 
 _side_lock = threading.Lock()
@@ -597,14 +584,23 @@ def call_hook(hook: Hook, *args: Any, timeout: float | None = None) -> Any:
     return side.submit(context.run, lambda: hook.call(*args, timeout=timeout)).result()
 
 
-def run_steps_inline(steps: Step) -> Any:
-    """Steps that yield no hook (none is configured): their result, synchronously."""
+def answer_steps(steps: Step, answer: Callable[[Hook], Any]) -> Any:
+    """Steps driven synchronously: each hook answered by ``answer``, each job run here; their result."""
     try:
         job = next(steps)
         while True:
-            job = steps.send(job.call() if isinstance(job, Job) else None)
+            job = steps.send(job.call() if isinstance(job, Job) else answer(job))
     except StopIteration as stop:
         return stop.value
+
+
+def _no_value(hook: Hook) -> None:
+    return None
+
+
+def run_steps_inline(steps: Step) -> Any:
+    """Steps that yield no hook (none is configured): their result, synchronously."""
+    return answer_steps(steps, _no_value)
 
 
 # -- GET_METADATA ---------------------------------------------------------------------------------
