@@ -4,6 +4,11 @@ Standard library only: ``moesifapi``'s client has no timeouts, never retries a P
 settings process-global, and ``requests`` would be traced by OTel's own ``requests``
 instrumentation. Every call runs under ``suppress_instrumentation()`` so that no instrumentation
 (http.client, urllib, ...) turns our uploads into spans that would be exported again.
+
+Few socket calls per request: each one lets go of the GIL, and while the app's event loop is
+busy, taking it back is a forced switch that interrupts the loop (its caches are cold after it).
+So a request's head and body leave in one write, and an idle connection is checked for a close
+only when it has been idle long enough for a server to have closed it.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ import http.client
 import select
 import socket
 import ssl
+import time
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
@@ -35,6 +41,14 @@ _MAX_RESPONSE_BODY = 1 << 20
 # Errors that mean "the server closed the kept-alive connection before answering": nothing was
 # received, so the request may be repeated once on a fresh connection.
 _STALE_ERRORS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+# A connection used this recently is sent on without checking for a close first: servers keep
+# idle connections for seconds to minutes, and a close in between is caught as a stale error
+# (above) and retried once anyway. The check is a socket call of its own (see the module doc).
+_CHECK_IDLE_AFTER = 1.0
+
+# Bodies up to this size are copied behind the request head to leave in one write.
+_ONE_WRITE_MAX = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -83,6 +97,21 @@ def _readable(sock: socket.socket) -> bool:
         return True
 
 
+class _Connection(http.client.HTTPConnection):
+    """http.client writes a request's head, then its body: here, the body set in ``body`` goes
+    out with the head, in one write (one socket call)."""
+
+    body = b""
+
+    def send(self, data: Any) -> None:  # http.client hands over the head as bytes
+        body, self.body = self.body, b""
+        super().send(b"".join((data, body)) if body else data)
+
+
+class _TlsConnection(_Connection, http.client.HTTPSConnection):
+    pass
+
+
 class HttpTransport:
     """One keep-alive connection, stdlib http.client, explicit timeouts.
 
@@ -111,7 +140,8 @@ class HttpTransport:
         self._fixed_headers = {"X-Moesif-Application-Id": application_id, "User-Agent": user_agent}
         self._fixed_lower = {name.lower() for name in self._fixed_headers}
         self._ssl_context: ssl.SSLContext | None = None
-        self._conn: http.client.HTTPConnection | None = None
+        self._conn: _Connection | None = None
+        self._used = 0.0  # monotonic time the connection last finished a request
 
     def request(
         self,
@@ -138,14 +168,23 @@ class HttpTransport:
         all_headers = {k: v for k, v in (headers or {}).items() if k.lower() not in self._fixed_lower}
         all_headers.update(self._fixed_headers)
 
+        if body is not None:
+            all_headers["Content-Length"] = str(len(body))
         reused = self._conn is not None
-        if self._conn is not None and (self._conn.sock is None or _readable(self._conn.sock)):
+        if self._conn is not None and (
+            self._conn.sock is None
+            or (time.monotonic() - self._used >= _CHECK_IDLE_AFTER and _readable(self._conn.sock))
+        ):
             self.close()  # the server closed it while idle: don't even try
             reused = False
         while True:
             conn = self._conn if self._conn is not None else self._connect()
             try:
-                conn.request(method, url, body=body, headers=all_headers)
+                if body is not None and len(body) <= _ONE_WRITE_MAX:
+                    conn.body = body
+                    conn.request(method, url, headers=all_headers)
+                else:
+                    conn.request(method, url, body=body, headers=all_headers)
                 resp = conn.getresponse()
             except _STALE_ERRORS as exc:
                 self.close()
@@ -173,18 +212,19 @@ class HttpTransport:
         if len(data) > _MAX_RESPONSE_BODY or resp.will_close or not resp.isclosed():
             # Body left unread, or the server announced it closes: the connection can't be reused.
             self.close()
+        self._used = time.monotonic()
         return Response(status=resp.status, headers=headers, body=data[:_MAX_RESPONSE_BODY])
 
-    def _connect(self) -> http.client.HTTPConnection:
-        conn: http.client.HTTPConnection
+    def _connect(self) -> _Connection:
+        conn: _Connection
         if self._https:
             if self._ssl_context is None:
                 self._ssl_context = ssl.create_default_context()
-            conn = http.client.HTTPSConnection(
+            conn = _TlsConnection(
                 self._host, self._port, timeout=self._connect_timeout, context=self._ssl_context
             )
         else:
-            conn = http.client.HTTPConnection(self._host, self._port, timeout=self._connect_timeout)
+            conn = _Connection(self._host, self._port, timeout=self._connect_timeout)
         try:
             conn.connect()  # TCP (and TLS handshake) bounded by the connect timeout
             conn.sock.settimeout(self._read_timeout)  # every later send/recv bounded by the read timeout

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
+import zlib
+from typing import Any
 
 import pytest
 
@@ -40,3 +43,53 @@ def test_gzip_and_a_count_limit() -> None:
         array.add(item)
     assert not array.has_room(data[0], max_count=5)
     assert json.loads(gzip.decompress(array.finish())) == [json.loads(item) for item in data]
+
+
+class CountingZlib:
+    """zlib with its calls counted: each one lets go of the GIL, which the app's loop pays for."""
+
+    DEFLATED = zlib.DEFLATED
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def compress(self, *args: Any, **kwargs: Any) -> bytes:
+        self.calls += 1
+        return zlib.compress(*args, **kwargs)
+
+    def compressobj(self, *args: Any) -> Any:
+        real, outer = zlib.compressobj(*args), self
+
+        class Counted:
+            def compress(self, data: bytes) -> bytes:
+                outer.calls += 1
+                return real.compress(data)
+
+            def flush(self) -> bytes:
+                outer.calls += 1
+                return real.flush()
+
+        return Counted()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="zlib.compress takes wbits from Python 3.11")
+def test_a_batch_under_the_chunk_size_is_compressed_in_one_zlib_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    counting = CountingZlib()
+    monkeypatch.setattr(payload, "zlib", counting)
+    array = JsonArray(gzip=True)
+    data = items(100, 500)
+    for item in data:
+        array.add(item)
+    assert json.loads(gzip.decompress(array.finish())) == [json.loads(item) for item in data]
+    assert counting.calls == 1
+
+
+def test_compressed_in_chunks_past_the_chunk_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    counting = CountingZlib()
+    monkeypatch.setattr(payload, "zlib", counting)
+    array = JsonArray(gzip=True)
+    data = items(3, 200_000)  # two chunks, then the rest and the end of the stream
+    for item in data:
+        array.add(item)
+    assert json.loads(gzip.decompress(array.finish())) == [json.loads(item) for item in data]
+    assert counting.calls == 3

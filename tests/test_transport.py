@@ -178,7 +178,16 @@ def test_connection_is_kept_alive(server: Server, make_transport) -> None:
     assert len({s.client_port for s in server.seen}) == 1
 
 
-def test_reconnects_after_server_closed_idle_connection(server: Server, make_transport) -> None:
+@pytest.mark.parametrize("idle_check_due", [True, False])
+def test_reconnects_after_server_closed_idle_connection(
+    server: Server, make_transport, monkeypatch: pytest.MonkeyPatch, idle_check_due: bool
+) -> None:
+    # Due: the check before sending sees the close. Not due (the connection was just used): the
+    # send or the wait for the answer fails, and the request is repeated on a fresh connection.
+    if idle_check_due:
+        monkeypatch.setattr(transport_module, "_CHECK_IDLE_AFTER", 0.0)
+    else:
+        monkeypatch.setattr(transport_module, "_CHECK_IDLE_AFTER", 3600.0)
     transport = make_transport(server.url)
     server.script.append(Action(close_after=True))
     transport.request("POST", "/v1/events/batch", b"first")
@@ -201,6 +210,62 @@ def test_stale_connection_undetected_before_send_is_retried_once_on_fresh_one(
     assert server.closed_connections == 1
     assert transport.request("POST", "/v1/events/batch", b"second").status == 200
     assert [s.body for s in server.seen] == [b"first", b"second"]
+
+
+def test_a_recently_used_connection_is_not_checked_before_sending(
+    server: Server, make_transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked: list[socket.socket] = []
+    monkeypatch.setattr(transport_module, "_readable", lambda sock: checked.append(sock) or False)
+    transport = make_transport(server.url)
+    for _ in range(3):
+        assert transport.request("POST", "/v1/events/batch", b"[]").status == 200
+    assert checked == []  # each socket call costs the app's event loop a GIL switch
+    monkeypatch.setattr(transport_module, "_CHECK_IDLE_AFTER", 0.0)  # now idle long enough
+    assert transport.request("POST", "/v1/events/batch", b"[]").status == 200
+    assert len(checked) == 1
+    assert len({s.client_port for s in server.seen}) == 1
+
+
+def _recording_writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    writes: list[bytes] = []
+    real_send = http.client.HTTPConnection.send
+
+    def send(conn: http.client.HTTPConnection, data: bytes) -> None:
+        writes.append(bytes(data))
+        real_send(conn, data)
+
+    monkeypatch.setattr(http.client.HTTPConnection, "send", send)
+    return writes
+
+
+def test_request_head_and_body_leave_in_one_write(
+    server: Server, make_transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes = _recording_writes(monkeypatch)
+    transport = make_transport(server.url)
+    body = bytes(range(256)) * 200
+    assert transport.request("POST", "/v1/events/batch", body, {"Content-Encoding": "gzip"}).status == 200
+    assert transport.request("GET", "/v1/config").status == 200
+    assert len(writes) == 2
+    head, _, sent = writes[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"POST /v1/events/batch HTTP/1.1\r\n")
+    assert b"\r\nContent-Length: 51200" in head and b"\r\nContent-Encoding: gzip" in head
+    assert sent == body
+    assert writes[1].startswith(b"GET /v1/config HTTP/1.1\r\n") and writes[1].endswith(b"\r\n\r\n")
+    assert [s.body for s in server.seen] == [body, b""]
+    assert server.seen[1].header("Content-Length") == []
+
+
+def test_a_body_over_the_one_write_size_goes_in_its_own_write(
+    server: Server, make_transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transport_module, "_ONE_WRITE_MAX", 1000)  # not copied behind the head
+    writes = _recording_writes(monkeypatch)
+    body = b"y" * 1001
+    assert make_transport(server.url).request("POST", "/v1/events/batch", body).status == 200
+    assert len(writes) == 2 and writes[1] == body
+    assert server.seen[0].body == body
 
 
 def test_reused_connection_dropped_after_request_is_retried_once(server: Server, make_transport) -> None:
