@@ -47,14 +47,18 @@ def loads(data: bytes | bytearray | str) -> Any:
 # orjson reads integers beyond 64 bits as floats, silently losing digits (a 20-digit id would
 # change); text with that many digits in a row goes to the standard library instead. Found by
 # mapping every digit to "1" and everything else to "0" (C speed; a regex took most of the time
-# of parsing a small body).
+# of parsing a small body), once the text holds 19 digits at all: counting them (deleting the
+# rest) is twice as fast, and most bodies hold fewer.
 _DIGIT_MAP = bytes(0x31 if 0x30 <= i <= 0x39 else 0x30 for i in range(256))
+_NOT_DIGITS = bytes(i for i in range(256) if not 0x30 <= i <= 0x39)
 _LONG_RUN = b"1" * 19
 
 
 def _has_long_digit_run(data: bytes | bytearray | str) -> bool:
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogatepass")
+    if len(data.translate(None, _NOT_DIGITS)) < len(_LONG_RUN):
+        return False
     return _LONG_RUN in data.translate(_DIGIT_MAP)
 
 
