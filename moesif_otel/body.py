@@ -66,11 +66,14 @@ def encode_body(
     content_encoding: str | None = None,
     total_size: int | None = None,
     max_size: int = DEFAULT_MAX_SIZE,
+    raw_json: bool = False,
 ) -> EncodedBody:
     """Encode a captured body by its headers; never raises.
 
     ``raw`` is what was captured (at most the capture limit), ``total_size`` the real size of the
     body on the wire (None: ``len(raw)``). ``max_size`` bounds the body after content decoding.
+    ``raw_json``: a plain JSON body is kept as its checked text (``jsoncodec.RawJson``), for a
+    caller that sends it on without reading it.
     """
     if (
         not content_encoding
@@ -79,6 +82,10 @@ def encode_body(
         and (total_size is None or total_size <= len(raw))
         and 0 < len(raw) <= max_size
     ):  # the common case, without the general path's header parsing
+        if raw_json:
+            text = jsoncodec.raw_json(bytes(raw))
+            if text is not None:
+                return EncodedBody(text, "json")
         value = _parse_json(raw)
         if value is not _INVALID:
             return EncodedBody(value, "json")

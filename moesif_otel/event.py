@@ -45,6 +45,9 @@ class EventOptions:
     # REQUEST_BODY_MASKS / RESPONSE_BODY_MASKS: keys removed from outgoing calls' JSON bodies
     request_body_masks: frozenset[str] = frozenset()
     response_body_masks: frozenset[str] = frozenset()
+    # JSON bodies kept as their text (jsoncodec.RawJson) where nothing reads them before they are
+    # sent: no MASK_EVENT_MODEL, and no body masks on that side
+    raw_json_bodies: bool = False
 
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
@@ -189,7 +192,13 @@ def _semconv_uri(attrs: Mapping[str, Any]) -> str:
 
 
 def _body(
-    attrs: Mapping[str, Any], content: str, size: str, decoded: str, headers: Mapping[str, str], limit: int
+    attrs: Mapping[str, Any],
+    content: str,
+    size: str,
+    decoded: str,
+    headers: Mapping[str, str],
+    limit: int,
+    raw_json: bool,
 ) -> EncodedBody | None:
     raw = attrs.get(content)
     if raw is None:
@@ -203,6 +212,7 @@ def _body(
         content_encoding=None if attrs.get(decoded) else headers.get("content-encoding"),
         total_size=attrs.get(size),
         max_size=max(limit, _MIN_BODY_LIMIT),
+        raw_json=raw_json,
     )
 
 
@@ -263,6 +273,7 @@ def event_document(span: ReadableSpan, options: EventOptions) -> dict[str, Any]:
     }
 
     notes: dict[str, str] = {}
+    raw_json = options.raw_json_bodies
     request_body = _body(
         attrs,
         A.HTTP_REQUEST_BODY_CONTENT,
@@ -270,6 +281,7 @@ def event_document(span: ReadableSpan, options: EventOptions) -> dict[str, Any]:
         A.MOESIF_REQUEST_BODY_DECODED,
         request_headers,
         options.max_body_size,
+        raw_json and (incoming or not options.request_body_masks),
     )
     response_body = _body(
         attrs,
@@ -278,6 +290,7 @@ def event_document(span: ReadableSpan, options: EventOptions) -> dict[str, Any]:
         A.MOESIF_RESPONSE_BODY_DECODED,
         response_headers,
         options.max_body_size,
+        raw_json and (incoming or not options.response_body_masks),
     )
     if not incoming:
         _remove_masked_keys(request_body, options.request_body_masks)

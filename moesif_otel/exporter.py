@@ -128,6 +128,7 @@ class MoesifSpanExporter(SpanExporter):
             max_body_size=settings.max_body_size,
             request_body_masks=frozenset(settings.request_body_masks),
             response_body_masks=frozenset(settings.response_body_masks),
+            raw_json_bodies=settings.mask_event_model is None,  # a mask hook reads the bodies
         )
         self._mask = settings.mask_event_model
         self.clock = ShutdownClock(settings.shutdown_timeout)

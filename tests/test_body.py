@@ -517,3 +517,18 @@ def test_remove_keys_at_any_depth_without_recursion() -> None:
         assert "secret" not in node and node["child"][1] == {"other": 2}
         node, depth = node["child"][0], depth + 1
     assert depth == 5000 and node == {"keep": 0}
+
+
+def test_raw_json_keeps_a_checked_json_body_as_its_text() -> None:
+    from moesif_otel.jsoncodec import RawJson
+
+    result = encode_body(bytearray(b'{"a": [1, 2]}'), content_type="application/json", raw_json=True)
+    assert result.transfer_encoding == "json" and result.note is None
+    assert isinstance(result.body, RawJson) and result.body.text == b'{"a": [1, 2]}'
+    # not JSON: base64, as without raw_json; a BOM (the standard library reads it): parsed
+    assert encode_body(b"{nope", content_type="application/json", raw_json=True) == EncodedBody(
+        b64(b"{nope"), "base64", "invalid json"
+    )
+    assert encode_body(b"\xef\xbb\xbf[1]", content_type="application/json", raw_json=True) == EncodedBody(
+        [1], "json"
+    )

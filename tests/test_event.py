@@ -307,3 +307,29 @@ def test_is_api_call_filters_skipped_and_non_http_spans() -> None:
     assert not is_api_call(make_span({"db.system": "postgresql"}, SpanKind.SERVER))
     assert not is_api_call(make_span({A.HTTP_REQUEST_METHOD: "GET"}, SpanKind.INTERNAL))
     assert is_api_call(make_span({A.OLD_HTTP_METHOD: "GET"}))
+
+
+@pytest.mark.parametrize("direction", ["Incoming", "Outgoing"])
+def test_raw_json_bodies_send_the_same_values(direction: str) -> None:
+    # Kept as their text (not parsed and written back) the bodies reach the collector unchanged,
+    # a 25-digit id included; outgoing body masks still see parsed values to remove keys from.
+    from moesif_otel import jsoncodec
+
+    attrs = captured(
+        **{
+            A.HTTP_REQUEST_BODY_CONTENT: b'{"name": "x",  "password": "p", "id": 1234567890123456789012345}',
+            A.HTTP_RESPONSE_BODY_CONTENT: b'[1, 2.5, {"ok": true}]',
+            A.MOESIF_DIRECTION: direction,
+        }
+    )
+    masks = frozenset({"password"})
+    parsed = EventOptions(request_body_masks=masks)
+    raw = EventOptions(request_body_masks=masks, raw_json_bodies=True)
+    plain_doc, raw_doc = event_document(make_span(attrs), parsed), event_document(make_span(attrs), raw)
+    assert isinstance(raw_doc["response"]["body"], jsoncodec.RawJson)
+    outgoing = direction == "Outgoing"
+    assert isinstance(raw_doc["request"]["body"], dict if outgoing else jsoncodec.RawJson)
+    assert json.loads(jsoncodec.dumps(raw_doc)) == json.loads(jsoncodec.dumps(plain_doc))
+    sent = json.loads(jsoncodec.dumps(raw_doc))["request"]["body"]
+    assert sent["id"] == 1234567890123456789012345
+    assert ("password" in sent) is not outgoing

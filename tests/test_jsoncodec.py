@@ -71,3 +71,38 @@ def test_loads(codec: Any, text: Any, expected: Any) -> None:
 def test_loads_refuses_what_is_not_json(codec: Any, text: bytes) -> None:
     with pytest.raises(ValueError):
         codec.loads(text)
+
+
+def test_raw_json_is_written_as_its_text_with_orjson() -> None:
+    text = b'{"id": 123456789012345678901234567890, "tags": ["a", "b"], "s": "\\u00e9"}'
+    raw = jsoncodec.raw_json(text)
+    assert isinstance(raw, jsoncodec.RawJson)
+    out = jsoncodec.dumps({"body": raw, "n": 1})
+    assert out == b'{"body":' + text + b',"n":1}'  # not parsed and written back: digits kept
+    assert json.loads(out)["body"]["id"] == 123456789012345678901234567890
+
+
+def test_raw_json_without_orjson_is_written_as_its_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = jsoncodec.RawJson(b'{"id": 123456789012345678901234567890, "x": [1, 2]}')
+    monkeypatch.setattr(jsoncodec, "orjson", None)
+    assert jsoncodec.raw_json(b"[1]") is None  # nothing is checked without orjson: callers parse
+    assert json.loads(jsoncodec.dumps({"body": raw})) == {
+        "body": {"id": 123456789012345678901234567890, "x": [1, 2]}
+    }
+
+
+def test_raw_json_survives_the_standard_library_retry() -> None:
+    # an integer beyond 64 bits elsewhere in the event makes orjson refuse it: the retry writes both
+    raw = jsoncodec.raw_json(b'{"a": [1, 2]}')
+    out = jsoncodec.dumps({"body": raw, "big": 2**70})
+    assert json.loads(out) == {"body": {"a": [1, 2]}, "big": 2**70}
+
+
+@pytest.mark.parametrize("text", [b"{broken", b"\xef\xbb\xbf[1]", b'{"x": NaN}', b'"\\ud800"', b""])
+def test_raw_json_only_for_what_orjson_reads(text: bytes) -> None:
+    assert jsoncodec.raw_json(text) is None  # the caller parses these as before (or not at all)
+
+
+def test_other_unknown_types_still_fail() -> None:
+    with pytest.raises(TypeError):
+        jsoncodec.dumps({"when": object()})
