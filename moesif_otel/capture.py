@@ -46,7 +46,8 @@ from moesif_otel.appconfig import AppConfig, keep, weight_for
 from moesif_otel.asgi_scope import flat_headers, request_headers, request_uri
 from moesif_otel.event import CapturedRecord, body_value, sampled_context
 from moesif_otel.governance import govern, request_facts
-from moesif_otel.hooks import Hook, HookRun, Step, metadata_steps, run_steps_inline
+from moesif_otel.hook_metadata import metadata_steps
+from moesif_otel.hooks import Hook, HookRun, Step, run_steps_inline
 from moesif_otel.http_semconv import names as semconv_names
 from moesif_otel.http_semconv import route_template
 from moesif_otel.identity import user_id_from_authorization

@@ -25,7 +25,8 @@ from opentelemetry.trace import Span, SpanKind
 from moesif_otel import attributes as A
 from moesif_otel.asgi_scope import flat_headers
 from moesif_otel.event import CapturedRecord, body_value, sampled_context
-from moesif_otel.hooks import Hook, HookRun, Step, make_hook, metadata_steps, run_steps_inline
+from moesif_otel.hook_metadata import metadata_steps
+from moesif_otel.hooks import Hook, HookRun, Step, make_hook, run_steps_inline
 from moesif_otel.logonce import LogOnce
 
 if TYPE_CHECKING:

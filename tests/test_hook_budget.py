@@ -342,7 +342,8 @@ def test_metadata_cap_note_is_kept_beside_the_error_note() -> None:
 
     from moesif_otel import attributes as A
     from moesif_otel.event import EventOptions, event_document
-    from moesif_otel.hooks import Hook, capped_metadata_json
+    from moesif_otel.hook_metadata import capped_metadata_json
+    from moesif_otel.hooks import Hook
 
     hook = Hook("GET_METADATA", lambda request, response: None, "mapping")
     note = json.loads(capped_metadata_json(hook, {"k": "v" * 100}, limit=10) or "")
