@@ -10,13 +10,13 @@ counted: the last release stops them); each uplink counts its own payloads in it
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Hashable, Mapping
 
 from moesif_otel.config_sync import ConfigSync, shared_config
 from moesif_otel.delivery import ByteBudget, Delivery, Tally, new_tally, shared_delivery
 from moesif_otel.forks import reinit_after_fork
 from moesif_otel.settings import Settings
-from moesif_otel.transport import HttpTransport, collector_transport
+from moesif_otel.transport import collector_transport
 
 __all__ = ["Uplink", "delivery_backlog"]
 
@@ -31,8 +31,6 @@ class Uplink:
 
     def __init__(self, settings: Settings, delivery: Delivery | None = None) -> None:
         self.settings = settings
-        # a partial, not a method: the shared delivery must not hold on to this uplink
-        self.new_transport: Callable[[], HttpTransport] = functools.partial(collector_transport, settings)
         # the app config (sampling, rules) shared with capture; upload answers announce changes
         self.app_config: ConfigSync = shared_config(settings)
         self.shared = delivery is None
@@ -57,7 +55,7 @@ class Uplink:
         # shared by every uplink with the same key: nothing here may hold on to this uplink
         s, config = self.settings, self.app_config
         return Delivery(
-            self.new_transport,
+            functools.partial(collector_transport, s),
             workers=s.event_worker_count,
             max_pending=delivery_backlog(s),
             on_response=lambda response: config.observe(response.headers),
