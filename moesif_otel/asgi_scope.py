@@ -1,7 +1,7 @@
 """What moesif_otel reads off an ASGI scope (request headers, URL) and header pairs as text.
 
-A leaf module (nothing of moesif_otel's imported): capture, governance and outgoing capture share
-these, none through another stage's module.
+Nothing of moesif_otel's imported but the leaf ``transaction_ids``: capture, governance and outgoing
+capture share these, none through another stage's module.
 """
 
 from __future__ import annotations
@@ -10,6 +10,10 @@ from typing import Any
 from urllib.parse import quote
 
 from starlette.types import Scope
+
+from moesif_otel.transaction_ids import TRANSACTION_HEADER
+
+_TRANSACTION_NAME = TRANSACTION_HEADER.decode("latin-1")
 
 
 def request_headers(scope: Scope) -> dict[str, str]:
@@ -39,13 +43,13 @@ def flat_headers(raw: Any, transaction_id: str | None) -> str:
         except AttributeError:  # text: the bytes path stays as cheap as it was
             key = _header_text(name).lower()
             text = _header_text(value)
-        if transaction_id is not None and key == "x-moesif-transaction-id":
+        if transaction_id is not None and key == _TRANSACTION_NAME:
             continue
         if "\n" in text:  # servers reject these; a hand-built scope might not
             text = text.replace("\r", " ").replace("\n", " ")
         lines.append(f"{key}:{text}")
     if transaction_id is not None:
-        lines.append(f"x-moesif-transaction-id:{transaction_id}")
+        lines.append(f"{_TRANSACTION_NAME}:{transaction_id}")
     return "\n".join(lines)
 
 
