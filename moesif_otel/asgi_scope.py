@@ -1,7 +1,7 @@
 """What moesif_otel reads off an ASGI scope (request headers, URL) and header pairs as text.
 
-Nothing of moesif_otel's imported but the leaf ``transaction_ids``: capture, governance and outgoing
-capture share these, none through another stage's module.
+Nothing of moesif_otel's imported but the leaf ``transaction_ids`` (its header name): capture,
+governance and outgoing capture share these, none through another stage's module.
 """
 
 from __future__ import annotations
