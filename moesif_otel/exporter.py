@@ -242,12 +242,14 @@ class MoesifSpanExporter(SpanExporter):
     def _submit(self, payload: JsonArray, job: _Conversion) -> bool:
         count = payload.count
         body = payload.finish()
+        # Under the lock, as stats() reads: the events leave "converting" and join the delivery's
+        # in-flight in one step (submit never blocks), so pending never misses them in between.
         with self._lock:
             if job.abandoned:  # finished after the shutdown deadline: already counted, never sent
                 return False
             job.unresolved -= count
             self.exported += count
-        return self.uplink.submit(EVENTS_PATH, body, count=count, headers=_EVENT_HEADERS)
+            return self.uplink.submit(EVENTS_PATH, body, count=count, headers=_EVENT_HEADERS)
 
     def begin_shutdown(self) -> None:
         """From now on the shutdown clock bounds conversion: past it, events still converting are dropped."""
@@ -406,14 +408,15 @@ class MoesifSpanExporter(SpanExporter):
     def stats(self) -> dict[str, int]:
         """Counters of this exporter and its share of the delivery: what was captured, sent,
         retried, dropped (by cause) and is still pending, in events."""
-        delivery = self.uplink.stats()
-        with self._lock:
+        with self._lock:  # see _submit: converting and in flight read together
+            delivery = self.uplink.stats()
             converting = sum(job.unresolved for job in self._jobs)
             dropped_shutdown = self.dropped_shutdown
+            received, exported = self.received, self.exported
         budget = self.uplink.budget
         return {
-            "captured": self.received,
-            "events_exported": self.exported,
+            "captured": received,
+            "events_exported": exported,
             "dropped_mask": self.dropped_mask,
             "dropped_too_large": self.dropped_too_large,
             "dropped_conversion": self.dropped_conversion,

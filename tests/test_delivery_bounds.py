@@ -383,3 +383,34 @@ def test_a_new_lifespan_gets_a_fresh_shutdown_budget(collector: Collector) -> No
         assert any("second" in e["request"]["uri"] for e in collector.events)
     finally:
         app.pipeline.shutdown()
+
+
+def test_stats_never_miss_a_batch_between_conversion_and_delivery(
+    collector: Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # stats() read while the exporter hands a converted batch to the delivery: the events are
+    # pending (or already sent), never neither. Before, they were in neither for that moment, and
+    # a reader waiting for "captured == n and pending == 0" (test_self_metrics) could stop early.
+    exporter = MoesifSpanExporter({"APPLICATION_ID": "x", "BASE_URI": collector.url})
+    real_submit = exporter.uplink.submit
+    seen: list[dict[str, int]] = []
+    readers: list[threading.Thread] = []
+
+    def submit(*args: Any, **kwargs: Any) -> bool:
+        reader = threading.Thread(target=lambda: seen.append(exporter.stats()))
+        readers.append(reader)
+        reader.start()
+        reader.join(0.5)  # the window a concurrent reader had
+        return real_submit(*args, **kwargs)
+
+    monkeypatch.setattr(exporter.uplink, "submit", submit)
+    try:
+        exporter.export([_server_span(i) for i in range(3)])
+        for reader in readers:
+            reader.join(5)
+        assert len(seen) == 1
+        stats = seen[0]
+        assert stats["captured"] == 3
+        assert stats["pending"] + stats["sent"] == 3, stats
+    finally:
+        exporter.shutdown()
