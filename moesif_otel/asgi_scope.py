@@ -6,22 +6,33 @@ governance and outgoing capture share these, none through another stage's module
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
 
 from starlette.types import Scope
 
-from moesif_otel.transaction_ids import TRANSACTION_HEADER
-
-_TRANSACTION_NAME = TRANSACTION_HEADER.decode("latin-1")
+from moesif_otel.transaction_ids import TRANSACTION_HEADER_NAME
 
 
 def request_headers(scope: Scope) -> dict[str, str]:
-    """Lower-case names, repeated headers joined with ', ' (for decisions made on the event loop)."""
+    """The scope's headers as a map (for decisions made on the event loop)."""
+    return header_dict(scope.get("headers", ()))
+
+
+def header_dict(raw: Iterable[tuple[Any, Any]]) -> dict[str, str]:
+    """Header pairs → lower-case names to values, repeated headers joined with ', '.
+
+    Names and values are bytes (ASGI) or text; bytes are Latin-1 (see :func:`flat_headers`).
+    """
     headers: dict[str, str] = {}
-    for name, value in scope.get("headers", ()):
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
+    for name, value in raw:
+        try:
+            key = name.decode("latin-1").lower()
+            text = value.decode("latin-1")
+        except AttributeError:  # text: the bytes path stays as cheap as it was
+            key = _header_text(name).lower()
+            text = _header_text(value)
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
     return headers
 
@@ -43,13 +54,13 @@ def flat_headers(raw: Any, transaction_id: str | None) -> str:
         except AttributeError:  # text: the bytes path stays as cheap as it was
             key = _header_text(name).lower()
             text = _header_text(value)
-        if transaction_id is not None and key == _TRANSACTION_NAME:
+        if transaction_id is not None and key == TRANSACTION_HEADER_NAME:
             continue
         if "\n" in text:  # servers reject these; a hand-built scope might not
             text = text.replace("\r", " ").replace("\n", " ")
         lines.append(f"{key}:{text}")
     if transaction_id is not None:
-        lines.append(f"{_TRANSACTION_NAME}:{transaction_id}")
+        lines.append(f"{TRANSACTION_HEADER_NAME}:{transaction_id}")
     return "\n".join(lines)
 
 

@@ -29,9 +29,10 @@ HTTP_RESPONSE_BODY_SIZE = "http.response.body.size"
 # (``http.request.header.<name>``, a tuple of values, ``-`` normalised to ``_``) and only for the
 # headers a user opted into. Moesif wants every header; one attribute per header would run into the
 # SDK's attribute-count limit (128 by default, oldest evicted first) on a request with many headers
-# and evict the attributes the event is built from. So capture records each complete header map as
-# one string attribute (``moesif.request.headers``, ``name:value`` lines); the converter also reads
-# the per-header form.
+# and evict the attributes the event is built from. So a span (CAPTURE_ON_SPAN, outgoing calls)
+# carries each complete header map as one string attribute (``moesif.request.headers``,
+# ``name:value`` lines), and capture's records carry the server's (name, value) pairs as they came,
+# decoded on the exporter's thread; the converter also reads the per-header form.
 HTTP_REQUEST_HEADER_PREFIX = "http.request.header."
 HTTP_RESPONSE_HEADER_PREFIX = "http.response.header."
 
@@ -68,8 +69,9 @@ MOESIF_DIRECTION = "moesif.direction"  # "Incoming" | "Outgoing"; absent: from t
 MOESIF_REQUEST_TIME = "moesif.request.time"  # int, ns since epoch; absent: the span's start
 MOESIF_RESPONSE_TIME = "moesif.response.time"  # int, ns since epoch (response complete)
 MOESIF_REQUEST_URI = "moesif.request.uri"
-MOESIF_REQUEST_HEADERS = "moesif.request.headers"  # str: "name:value" lines, lower-case names
-MOESIF_RESPONSE_HEADERS = "moesif.response.headers"  # str: as above
+# str: "name:value" lines, lower-case names; or (a capture record's) a sequence of (name, value)
+MOESIF_REQUEST_HEADERS = "moesif.request.headers"
+MOESIF_RESPONSE_HEADERS = "moesif.response.headers"  # as above
 MOESIF_REQUEST_BODY_TRUNCATED = "moesif.request.body.truncated"  # bool: the app left part of it unread
 MOESIF_REQUEST_BODY_OMITTED = "moesif.request.body.omitted"  # str: why no body (e.g. "multipart")
 MOESIF_RESPONSE_BODY_OMITTED = "moesif.response.body.omitted"

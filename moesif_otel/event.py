@@ -24,10 +24,11 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import Span, SpanContext, SpanKind, TraceFlags
 
 from moesif_otel import attributes as A
+from moesif_otel.asgi_scope import header_dict
 from moesif_otel.body import EncodedBody, encode_body, remove_keys
 from moesif_otel.identity import client_ip, user_id_from_authorization
 from moesif_otel.internals import span_attribute_dict
-from moesif_otel.transaction_ids import new_transaction_id
+from moesif_otel.transaction_ids import TRANSACTION_HEADER_NAME, new_transaction_id
 from moesif_otel.types import Direction
 
 _METHOD_KEYS = (A.HTTP_REQUEST_METHOD, A.OLD_HTTP_METHOD)
@@ -147,12 +148,19 @@ def format_time(ns: int) -> str:
     return f"{prefix}.{rest // 1_000_000:03d}Z"
 
 
-def header_map(text: str | None) -> dict[str, str]:
-    """``name:value`` lines (see ``asgi_scope.flat_headers``) → names to values, repeats joined by ', '."""
+def header_map(headers: str | Iterable[tuple[Any, Any]] | None) -> dict[str, str]:
+    """Captured headers → names to values, repeats joined by ', '.
+
+    A record from capture holds the request's header pairs as the server gave them (decoding them
+    here, not on the event loop); outgoing calls and spans hold ``name:value`` lines (see
+    ``asgi_scope.flat_headers``), lower-cased already.
+    """
+    if not headers:
+        return {}
+    if not isinstance(headers, str):
+        return header_dict(headers)
     result: dict[str, str] = {}
-    if not text:
-        return result
-    for line in text.split("\n"):
+    for line in headers.split("\n"):
         name, _, value = line.partition(":")
         result[name] = f"{result[name]}, {value}" if name in result else value
     return result
@@ -232,7 +240,8 @@ def event_document(span: ReadableSpan, options: EventOptions) -> dict[str, Any]:
     attrs = span_attributes(span)
     captured = bool(attrs.get(A.MOESIF_CAPTURED))
     if captured:
-        request_headers = header_map(attrs.get(A.MOESIF_REQUEST_HEADERS))
+        raw_request_headers = attrs.get(A.MOESIF_REQUEST_HEADERS)
+        request_headers = header_map(raw_request_headers)
         response_headers = header_map(attrs.get(A.MOESIF_RESPONSE_HEADERS))
         uri = attrs.get(A.MOESIF_REQUEST_URI) or _semconv_uri(attrs)
         start_ns = attrs.get(A.MOESIF_REQUEST_TIME) or span.start_time or 0  # an app may set it
@@ -240,6 +249,12 @@ def event_document(span: ReadableSpan, options: EventOptions) -> dict[str, Any]:
         direction: Direction = attrs.get(A.MOESIF_DIRECTION) or (
             "Outgoing" if span.kind == SpanKind.CLIENT else "Incoming"
         )
+        transaction_id = attrs.get(A.MOESIF_TRANSACTION_ID)
+        if transaction_id is not None and not isinstance(raw_request_headers, str):
+            # capture's pairs are the request's as it came: the event's id replaces any the client
+            # sent (text lines carry it already)
+            request_headers.pop(TRANSACTION_HEADER_NAME, None)
+            request_headers[TRANSACTION_HEADER_NAME] = transaction_id
     else:
         request_headers = _semconv_headers(attrs, A.HTTP_REQUEST_HEADER_PREFIX)
         response_headers = _semconv_headers(attrs, A.HTTP_RESPONSE_HEADER_PREFIX)

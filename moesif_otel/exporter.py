@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from itertools import chain
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -55,25 +56,35 @@ logger = logging.getLogger("moesif_otel")
 EVENTS_PATH = "/v1/events/batch"
 _EVENT_HEADERS = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
 SPAN_OVERHEAD = 4096  # bytes a finished span holds besides its bodies and header strings (measured ~3 KB)
+HEADER_PAIR_OVERHEAD = 144  # a (name, value) tuple of two bytes objects, besides their contents
 _REQUEST_BODY, _RESPONSE_BODY = A.HTTP_REQUEST_BODY_CONTENT, A.HTTP_RESPONSE_BODY_CONTENT
 _REQUEST_HEADERS, _RESPONSE_HEADERS = A.MOESIF_REQUEST_HEADERS, A.MOESIF_RESPONSE_HEADERS
 _DROP_COUNTERS = ("dropped_mask", "dropped_too_large", "dropped_conversion", "sampled_out")
 
 
 def span_weight(span: ReadableSpan) -> int:
-    """What a queued span costs in EVENT_QUEUE_BYTES: its captured bodies and header strings plus
-    a fixed overhead. It runs on the request path: four lookups, no loop."""
+    """What a queued span costs in EVENT_QUEUE_BYTES: its captured bodies and headers plus a fixed
+    overhead. It runs on the request path: four lookups, no Python-level loop."""
     get = span_attributes(span).get
     try:
         return (
             SPAN_OVERHEAD
             + len(get(_REQUEST_BODY) or b"")
             + len(get(_RESPONSE_BODY) or b"")
-            + len(get(_REQUEST_HEADERS) or "")
-            + len(get(_RESPONSE_HEADERS) or "")
+            + _headers_weight(get(_REQUEST_HEADERS))
+            + _headers_weight(get(_RESPONSE_HEADERS))
         )
-    except TypeError:  # not capture's str/bytes (another instrumentation's value): the overhead only
+    except TypeError:  # not capture's values (another instrumentation's): the overhead only
         return SPAN_OVERHEAD
+
+
+def _headers_weight(headers: Any) -> int:
+    """``name:value`` text, or capture's header pairs: their bytes and what holding each pair costs."""
+    if not headers:
+        return 0
+    if isinstance(headers, str):
+        return len(headers)
+    return sum(map(len, chain.from_iterable(headers))) + HEADER_PAIR_OVERHEAD * len(headers)
 
 
 def log_shutdown_summary(stats: Mapping[str, int]) -> None:

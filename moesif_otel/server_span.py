@@ -133,8 +133,8 @@ class ServerSpan:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         parent = propagate.extract(scope, getter=_getter)
-        method = sanitize_method(scope.get("method") or "GET")
         attributes = request_attributes(scope, self._old, self._new)
+        method = attributes.get(A.HTTP_REQUEST_METHOD) or attributes[A.OLD_HTTP_METHOD]  # sanitized
         span = self.tracer.start_span(
             "HTTP" if method == "_OTHER" else method,  # capture renames it once the route is known
             context=parent,

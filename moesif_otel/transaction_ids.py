@@ -11,6 +11,7 @@ import random
 from starlette.types import Scope
 
 TRANSACTION_HEADER = b"x-moesif-transaction-id"
+TRANSACTION_HEADER_NAME = TRANSACTION_HEADER.decode("latin-1")  # as header maps hold it
 _MAX_TRANSACTION_ID = 128
 
 

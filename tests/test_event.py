@@ -97,6 +97,30 @@ def test_captured_server_span_with_every_field() -> None:
     }
 
 
+def test_header_pairs_from_capture_are_decoded_with_the_events_transaction_id() -> None:
+    """Capture hands over the server's (name, value) pairs; the event gets lower-case names,
+    Latin-1 values, repeats joined, and the event's transaction id in place of the client's."""
+    client_sent = (b"X-Moesif-Transaction-Id", b"sent-by-the-client")
+    request = ((b"Content-Type", b"application/json"), (b"x-tag", b"a"), client_sent, (b"x-tag", b"caf\xe9"))
+    response = [(b"content-type", b"text/plain"), (b"x-moesif-transaction-id", b"3f1b6e2a")]
+    attrs = captured(**{A.MOESIF_REQUEST_HEADERS: request, A.MOESIF_RESPONSE_HEADERS: response})
+    event = event_document(make_span(attrs, bounded=False), OPTIONS)
+    assert event["request"]["headers"] == {
+        "content-type": "application/json",
+        "x-tag": "a, caf\u00e9",
+        "x-moesif-transaction-id": "3f1b6e2a-0c4d-4e5f-8a9b-0c1d2e3f4a5b",
+    }
+    response_headers = {"content-type": "text/plain", "x-moesif-transaction-id": "3f1b6e2a"}
+    assert event["response"]["headers"] == response_headers
+    # without an id of its own (DISABLE_TRANSACTION_ID), the request's headers stay as they came
+    del attrs[A.MOESIF_TRANSACTION_ID]
+    event = event_document(make_span(attrs, bounded=False), OPTIONS)
+    assert event["request"]["headers"]["x-moesif-transaction-id"] == "sent-by-the-client"
+    # text pairs (a hand-built scope) read the same
+    attrs[A.MOESIF_REQUEST_HEADERS] = (("X-Tag", "a"), ("x-tag", "b"))
+    assert event_document(make_span(attrs, bounded=False), OPTIONS)["request"]["headers"] == {"x-tag": "a, b"}
+
+
 def test_captured_times_override_the_spans() -> None:
     attrs = captured(
         **{A.MOESIF_REQUEST_TIME: START + 1_000_000_000, A.MOESIF_RESPONSE_TIME: START + 2_500_000_000}

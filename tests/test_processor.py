@@ -11,6 +11,9 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanContext, SpanKind
 
 from moesif_otel import MoesifSpanProcessor
+from moesif_otel import attributes as A
+from moesif_otel.event import CapturedRecord
+from moesif_otel.exporter import HEADER_PAIR_OVERHEAD, SPAN_OVERHEAD, span_weight
 
 
 class Counting(SpanExporter):
@@ -83,3 +86,23 @@ def test_drops_at_the_queue_bound_are_counted_exactly() -> None:
     assert (stats["spans_queued"], stats["dropped_queue_full"], stats["captured"]) == (50, 30, 80)
     processor.shutdown()
     assert len(exporter.spans) == 50
+
+
+def test_queued_records_are_charged_for_their_bodies_and_headers() -> None:
+    """EVENT_QUEUE_BYTES charges capture's header pairs by their bytes plus what each pair holds,
+    and text headers (outgoing calls) by their length."""
+    cookie = b"c" * 10_000
+    attrs = {
+        A.MOESIF_CAPTURED: True,
+        A.MOESIF_REQUEST_HEADERS: ((b"cookie", cookie), (b"host", b"h")),
+        A.MOESIF_RESPONSE_HEADERS: [(b"set-cookie", cookie)],
+        A.HTTP_REQUEST_BODY_CONTENT: b"abc",
+        A.HTTP_RESPONSE_BODY_CONTENT: b"z" * 500,
+    }
+    context = SpanContext(trace_id=1, span_id=1, is_remote=False)
+    record = CapturedRecord(attrs, context, SpanKind.SERVER, 1, 2)
+    headers = 6 + 10_000 + 4 + 1 + 10 + 10_000 + 3 * HEADER_PAIR_OVERHEAD
+    assert span_weight(record) == SPAN_OVERHEAD + 3 + 500 + headers
+    attrs[A.MOESIF_REQUEST_HEADERS] = "cookie:" + cookie.decode()
+    attrs[A.MOESIF_RESPONSE_HEADERS] = "set-cookie:" + cookie.decode()
+    assert span_weight(record) == SPAN_OVERHEAD + 3 + 500 + 7 + 11 + 20_000
