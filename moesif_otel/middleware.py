@@ -97,7 +97,10 @@ class MoesifMiddleware:
         options = capture_options(self.settings, self.pipeline.app_config, self.pipeline.processor.on_end)
         self._capture = HttpCapture(app, options)  # onto a server span someone else opened
         self._traced = ServerSpan(
-            HttpCapture(app, options, owns_span=True), self.pipeline.tracer_provider, meter_provider
+            HttpCapture(app, options, owns_span=True),
+            self.pipeline.tracer_provider,
+            meter_provider,
+            recording=not self.pipeline.owns_provider,  # a private provider: nobody reads its spans
         )
         # users, companies, subscriptions go through this middleware's delivery; the module-level
         # functions (app.add_middleware gives no handle) follow the latest middleware

@@ -10,9 +10,10 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import BackgroundTasks, FastAPI
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import SpanKind, StatusCode, TraceFlags
 
 from moesif_otel import MoesifMiddleware
 from moesif_otel import attributes as A
@@ -103,3 +104,37 @@ def test_unhandled_exception_marks_the_span_as_error(
     assert span.status.status_code == StatusCode.ERROR
     assert span.attributes["error.type"] == "RuntimeError"
     assert span.attributes[A.HTTP_RESPONSE_STATUS_CODE] == 500
+
+
+def test_without_the_apps_tracing_a_request_gets_a_span_context_and_records_no_span(
+    collector: Collector,
+) -> None:
+    """No TracerProvider anywhere (the moesifasgi user's setup): the pipeline's private provider
+    has no reader but Moesif, so no span is recorded; the request still gets a span context as
+    that provider's default sampler would make it — the incoming trace continued (id, flags,
+    state), else a new sampled trace — and the event carries its trace id."""
+    seen: list[Any] = []
+    app = FastAPI()
+    settings = {"APPLICATION_ID": "ids", "BASE_URI": collector.url, "EVENT_BATCH_TIMEOUT": 0.05}
+    app.add_middleware(MoesifMiddleware, settings=settings)
+
+    @app.get("/where")
+    async def where() -> dict[str, Any]:
+        span = trace.get_current_span()
+        seen.append((span.get_span_context(), span.is_recording()))
+        return {}
+
+    trace_id = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+    unsampled = {"traceparent": f"00-{trace_id:032x}-00f067aa0ba902b7-00", "tracestate": "k=v"}
+    with serve(app) as base:
+        assert httpx.get(f"{base}/where").status_code == 200
+        assert httpx.get(f"{base}/where", headers=unsampled).status_code == 200
+        events = collector.wait_for_events(2)
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)  # no app tracing here
+    (new, new_recording), (continued, continued_recording) = seen
+    assert not new_recording and not continued_recording
+    assert new.is_valid and not new.is_remote
+    assert new.trace_flags == TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID  # as the SDK flags it
+    assert continued.trace_id == trace_id and continued.trace_flags == TraceFlags.DEFAULT
+    assert continued.trace_state.get("k") == "v" and continued.span_id != 0x00F067AA0BA902B7
+    assert [e["trace_id"] for e in events] == [f"{new.trace_id:032x}", f"{trace_id:032x}"]
