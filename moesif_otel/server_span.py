@@ -23,6 +23,7 @@ from urllib.parse import unquote
 from opentelemetry import context, metrics, propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased, Sampler
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util.http import redact_url, sanitize_method
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -46,9 +47,6 @@ class _ScopeHeaders(Getter[Scope]):
 
 
 _getter = _ScopeHeaders()
-_NEW = TraceFlags(TraceFlags.SAMPLED)
-_NEW_RANDOM = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
-_KNOWN_FLAGS = TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID
 
 
 def request_attributes(scope: Scope, old: bool = False, new: bool = True) -> dict[str, Any]:
@@ -140,6 +138,7 @@ class ServerSpan:
         self._ids: IdGenerator | None = None
         if not recording:
             self._ids = getattr(tracer_provider, "id_generator", None) or RandomIdGenerator()
+            self._sampler: Sampler = getattr(tracer_provider, "sampler", None) or ParentBased(ALWAYS_ON)
         # None without a real MeterProvider: then nothing below measures anything
         self.metrics = ServerMetrics.create(meter_provider, mode)
 
@@ -147,7 +146,7 @@ class ServerSpan:
         parent = propagate.extract(scope, getter=_getter)
         attributes: dict[str, Any] | None = None
         if self._ids is not None:
-            span: trace.Span = self._identity(parent, self._ids)
+            span: trace.Span = self._identity(parent, self._ids, scope.get("method") or "GET")
         else:
             attributes = request_attributes(scope, self._old, self._new)
             method = attributes.get(A.HTTP_REQUEST_METHOD) or attributes[A.OLD_HTTP_METHOD]  # sanitized
@@ -181,18 +180,22 @@ class ServerSpan:
             if measured is not None:
                 measured.finish(span, error)
 
-    @staticmethod
-    def _identity(parent: context.Context, ids: IdGenerator) -> trace.Span:
-        """The request's span context without a span to record: what the private provider's
-        default sampler (parent-based, always on) would give it — the incoming trace's id, flags
-        and state, or a new sampled trace — and a new span id. Events, outgoing calls (traceparent,
-        their records) and the app's logs read only this; recording a span that no exporter reads
-        was about a quarter of the drop-in's event-loop CPU per request (docs/opentelemetry.md)."""
+    def _identity(self, parent: context.Context, ids: IdGenerator, method: str) -> trace.Span:
+        """The request's span context without a span to record, made as the private provider
+        would make its span: the incoming trace's id (else a new one), a new span id, the flags and
+        tracestate of that provider's sampler (OTEL_TRACES_SAMPLER, parent-based always-on by
+        default). Events, outgoing calls (traceparent, their records) and the app's logs read only
+        this; recording a span that no exporter reads was about a quarter of the drop-in's
+        event-loop CPU per request (docs/opentelemetry.md)."""
         incoming = trace.get_current_span(parent).get_span_context()
         if incoming.is_valid:
-            trace_id, state = incoming.trace_id, incoming.trace_state
-            flags = TraceFlags(incoming.trace_flags & _KNOWN_FLAGS)  # sampled and random as they came
+            trace_id, random_id = incoming.trace_id, incoming.trace_flags.random_trace_id
         else:
-            trace_id, state = ids.generate_trace_id(), None
-            flags = _NEW_RANDOM if ids.is_trace_id_random() else _NEW
-        return trace.NonRecordingSpan(SpanContext(trace_id, ids.generate_span_id(), False, flags, state))
+            trace_id, random_id = ids.generate_trace_id(), ids.is_trace_id_random()
+        decision = self._sampler.should_sample(parent, trace_id, method, SpanKind.SERVER)
+        sampled = decision.decision is Decision.RECORD_AND_SAMPLE
+        flags = TraceFlags(
+            (TraceFlags.SAMPLED if sampled else 0) | (TraceFlags.RANDOM_TRACE_ID if random_id else 0)
+        )
+        span_context = SpanContext(trace_id, ids.generate_span_id(), False, flags, decision.trace_state)
+        return trace.NonRecordingSpan(span_context)

@@ -106,14 +106,8 @@ def test_unhandled_exception_marks_the_span_as_error(
     assert span.attributes[A.HTTP_RESPONSE_STATUS_CODE] == 500
 
 
-def test_without_the_apps_tracing_a_request_gets_a_span_context_and_records_no_span(
-    collector: Collector,
-) -> None:
-    """No TracerProvider anywhere (the moesifasgi user's setup): the pipeline's private provider
-    has no reader but Moesif, so no span is recorded; the request still gets a span context as
-    that provider's default sampler would make it — the incoming trace continued (id, flags,
-    state), else a new sampled trace — and the event carries its trace id."""
-    seen: list[Any] = []
+def where_app(collector: Collector, seen: list[Any]) -> FastAPI:
+    """An app without any tracing of its own whose endpoint notes the current span's context."""
     app = FastAPI()
     settings = {"APPLICATION_ID": "ids", "BASE_URI": collector.url, "EVENT_BATCH_TIMEOUT": 0.05}
     app.add_middleware(MoesifMiddleware, settings=settings)
@@ -124,6 +118,18 @@ def test_without_the_apps_tracing_a_request_gets_a_span_context_and_records_no_s
         seen.append((span.get_span_context(), span.is_recording()))
         return {}
 
+    return app
+
+
+def test_without_the_apps_tracing_a_request_gets_a_span_context_and_records_no_span(
+    collector: Collector,
+) -> None:
+    """No TracerProvider anywhere (the moesifasgi user's setup): the pipeline's private provider
+    has no reader but Moesif, so no span is recorded; the request still gets the span context that
+    provider would give its span — with its default sampler, the incoming trace continued (id,
+    flags, state), else a new sampled trace — and the event carries its trace id."""
+    seen: list[Any] = []
+    app = where_app(collector, seen)
     trace_id = 0x4BF92F3577B34DA6A3CE929D0E0E4736
     unsampled = {"traceparent": f"00-{trace_id:032x}-00f067aa0ba902b7-00", "tracestate": "k=v"}
     with serve(app) as base:
@@ -138,3 +144,19 @@ def test_without_the_apps_tracing_a_request_gets_a_span_context_and_records_no_s
     assert continued.trace_id == trace_id and continued.trace_flags == TraceFlags.DEFAULT
     assert continued.trace_state.get("k") == "v" and continued.span_id != 0x00F067AA0BA902B7
     assert [e["trace_id"] for e in events] == [f"{new.trace_id:032x}", f"{trace_id:032x}"]
+
+
+def test_without_the_apps_tracing_the_private_providers_sampler_sets_the_flags(
+    collector: Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OTEL_TRACES_SAMPLER configures the private provider; the span context follows its decision
+    (what an outgoing call's traceparent says), and every call still reaches Moesif."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    seen: list[Any] = []
+    with serve(where_app(collector, seen)) as base:
+        assert httpx.get(f"{base}/where").status_code == 200
+        [event] = collector.wait_for_events(1)
+    [(context, recording)] = seen
+    assert context.is_valid and not recording
+    assert context.trace_flags == TraceFlags.RANDOM_TRACE_ID  # not sampled
+    assert event["trace_id"] == f"{context.trace_id:032x}" and event["weight"] == 1
