@@ -6,7 +6,7 @@ governance and outgoing capture share these, none through another stage's module
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -26,13 +26,7 @@ def header_dict(raw: Iterable[tuple[Any, Any]]) -> dict[str, str]:
     Names and values are bytes (ASGI) or text; bytes are Latin-1 (see :func:`flat_headers`).
     """
     headers: dict[str, str] = {}
-    for name, value in raw:
-        try:
-            key = name.decode("latin-1").lower()
-            text = value.decode("latin-1")
-        except AttributeError:  # text: the bytes path stays as cheap as it was
-            key = _header_text(name).lower()
-            text = _header_text(value)
+    for key, text in _decoded(raw):
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
     return headers
 
@@ -47,13 +41,7 @@ def flat_headers(raw: Any, transaction_id: str | None) -> str:
     lossless here: HTTP/1 clients and servers send nothing else.
     """
     lines: list[str] = []
-    for name, value in raw:
-        try:
-            key = name.decode("latin-1").lower()
-            text = value.decode("latin-1")
-        except AttributeError:  # text: the bytes path stays as cheap as it was
-            key = _header_text(name).lower()
-            text = _header_text(value)
+    for key, text in _decoded(raw):
         if transaction_id is not None and key == TRANSACTION_HEADER_NAME:
             continue
         if "\n" in text:  # servers reject these; a hand-built scope might not
@@ -62,6 +50,15 @@ def flat_headers(raw: Any, transaction_id: str | None) -> str:
     if transaction_id is not None:
         lines.append(f"{TRANSACTION_HEADER_NAME}:{transaction_id}")
     return "\n".join(lines)
+
+
+def _decoded(raw: Iterable[tuple[Any, Any]]) -> Iterator[tuple[str, str]]:
+    """(lower-case name, value) as text, from bytes (Latin-1) or text pairs."""
+    for name, value in raw:
+        try:
+            yield name.decode("latin-1").lower(), value.decode("latin-1")
+        except AttributeError:  # text: the bytes path stays as cheap as it was
+            yield _header_text(name).lower(), _header_text(value)
 
 
 def _header_text(value: Any) -> str:
