@@ -1,7 +1,8 @@
-"""What moesif_otel reads off an ASGI scope (request headers, URL) and header pairs as text.
+"""What moesif_otel reads off an ASGI scope (request headers, URL), and header pairs as a map or as text.
 
 Nothing of moesif_otel's imported but the leaf ``transaction_ids`` (its header name): capture,
-governance and outgoing capture share these, none through another stage's module.
+governance, outgoing capture and the event converter share these, none through another stage's
+module.
 """
 
 from __future__ import annotations
