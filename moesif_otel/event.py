@@ -61,7 +61,7 @@ class CapturedRecord:
     read. Its context is the request span's (trace id kept), flagged sampled so that the SDK's
     processors accept it whatever the app's sampler decided for the span."""
 
-    __slots__ = ("attributes", "context", "end_time", "kind", "start_time")
+    __slots__ = ("attributes", "context", "end_time", "kind", "start_time", "weight")
 
     name = "moesif_otel.record"
     parent = None
@@ -77,6 +77,7 @@ class CapturedRecord:
         self.kind = kind
         self.start_time = start
         self.end_time = end
+        self.weight = 0  # its EVENT_QUEUE_BYTES charge, once computed (exporter.span_weight)
 
 
 def sampled_context(span: Span) -> SpanContext:

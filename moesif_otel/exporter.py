@@ -26,6 +26,7 @@ from moesif_otel import jsoncodec
 from moesif_otel.appconfig import RequestFacts, keep, weight_for
 from moesif_otel.delivery import Delivery, ShutdownClock
 from moesif_otel.event import (
+    CapturedRecord,
     EventOptions,
     event_document,
     from_event_model,
@@ -62,9 +63,19 @@ _REQUEST_HEADERS, _RESPONSE_HEADERS = A.MOESIF_REQUEST_HEADERS, A.MOESIF_RESPONS
 _DROP_COUNTERS = ("dropped_mask", "dropped_too_large", "dropped_conversion", "sampled_out")
 
 
-def span_weight(span: ReadableSpan) -> int:
+def span_weight(span: ReadableSpan | CapturedRecord) -> int:
     """What a queued span costs in EVENT_QUEUE_BYTES: its captured bodies and headers plus a fixed
-    overhead. It runs on the request path: four lookups, no Python-level loop."""
+    overhead. It runs on the request path: four lookups, no Python-level loop. A record keeps its
+    weight, so that the exporter's thread gives back exactly what was charged without computing it
+    again."""
+    if type(span) is CapturedRecord:
+        if not span.weight:
+            span.weight = _weight(span)
+        return span.weight
+    return _weight(span)
+
+
+def _weight(span: ReadableSpan | CapturedRecord) -> int:
     get = span_attributes(span).get
     try:
         return (

@@ -105,4 +105,16 @@ def test_queued_records_are_charged_for_their_bodies_and_headers() -> None:
     assert span_weight(record) == SPAN_OVERHEAD + 3 + 500 + headers
     attrs[A.MOESIF_REQUEST_HEADERS] = "cookie:" + cookie.decode()
     attrs[A.MOESIF_RESPONSE_HEADERS] = "set-cookie:" + cookie.decode()
-    assert span_weight(record) == SPAN_OVERHEAD + 3 + 500 + 7 + 11 + 20_000
+    as_text = CapturedRecord(attrs, context, SpanKind.CLIENT, 1, 2)
+    assert span_weight(as_text) == SPAN_OVERHEAD + 3 + 500 + 7 + 11 + 20_000
+
+
+def test_a_record_is_given_back_exactly_what_it_was_charged() -> None:
+    """The weight is computed once, on the request path: the exporter's thread gives back that
+    number even if the record's attributes changed in between (and does not compute it again)."""
+    attrs = {A.MOESIF_CAPTURED: True, A.HTTP_REQUEST_BODY_CONTENT: b"x" * 100}
+    record = CapturedRecord(attrs, SpanContext(trace_id=1, span_id=1, is_remote=False), SpanKind.SERVER, 1, 2)
+    charged = span_weight(record)
+    assert charged == SPAN_OVERHEAD + 100
+    attrs[A.HTTP_REQUEST_BODY_CONTENT] = b"x" * 5000
+    assert span_weight(record) == charged
