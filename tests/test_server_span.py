@@ -127,7 +127,7 @@ def test_without_the_apps_tracing_a_request_gets_a_span_context_and_records_no_s
     """No TracerProvider anywhere (the moesifasgi user's setup): the pipeline's private provider
     has no reader but Moesif, so no span is recorded; the request still gets the span context that
     provider would give its span — with its default sampler, the incoming trace continued (id,
-    flags, state), else a new sampled trace — and the event carries its trace id."""
+    flags, state), else a new sampled trace — and each event carries its trace id."""
     seen: list[Any] = []
     app = where_app(collector, seen)
     trace_id = 0x4BF92F3577B34DA6A3CE929D0E0E4736
@@ -143,7 +143,7 @@ def test_without_the_apps_tracing_a_request_gets_a_span_context_and_records_no_s
     assert new.trace_flags == TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID  # as the SDK flags it
     assert continued.trace_id == trace_id and continued.trace_flags == TraceFlags.DEFAULT
     assert continued.trace_state.get("k") == "v" and continued.span_id != 0x00F067AA0BA902B7
-    assert [e["trace_id"] for e in events] == [f"{new.trace_id:032x}", f"{trace_id:032x}"]
+    assert {e["trace_id"] for e in events} == {f"{new.trace_id:032x}", f"{trace_id:032x}"}
 
 
 def test_without_the_apps_tracing_the_private_providers_sampler_sets_the_flags(
